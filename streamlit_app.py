@@ -1,6 +1,27 @@
-"""clara dashboard entry point: `streamlit run streamlit_app.py`."""
+"""clara dashboard entry point: `streamlit run streamlit_app.py`.
+
+Sets up the page, the session state shared by the pages (the checkpoint picked on Home) and the
+navigation; each page in pages/ is a thin view over `clara` (Predictor, Explainer, app_support).
+"""
 import streamlit as st
 
-st.set_page_config(page_title="clara", layout="wide")
-st.title("clara — multimodal sentiment analysis")
-st.info("The dashboard pages are being built; see README.md.")
+from pages import _ui as ui
+
+st.set_page_config(page_title="clara · multimodal sentiment", page_icon=":material/image_search:", layout="wide")
+ui.init_state()
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
+    st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:", url_path="predict"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:", url_path="attention"),
+    st.Page("pages/attributions.py", title="Attributions", icon=":material/functions:", url_path="attributions"),
+    st.Page("pages/metrics.py", title="Metrics", icon=":material/bar_chart:", url_path="metrics"),
+    st.Page("pages/errors.py", title="Errors", icon=":material/search:", url_path="errors"),
+    st.Page("pages/batch.py", title="Batch", icon=":material/table_view:", url_path="batch"),
+]
+navigation = st.navigation(PAGES)
+
+entry = ui.current_entry()
+ui.sidebar(entry)
+ui.demo_banner(entry)
+navigation.run()

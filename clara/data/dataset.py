@@ -1,0 +1,79 @@
+"""Torch Dataset over loaded samples, and the collator that tokenizes and batches them."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .images import open_image
+from .types import Sample
+
+
+class CLARADataset(Dataset):
+    """Items `{"pixel_values": [3,S,S] float tensor, "text": str, "label": int, "id": str}`.
+
+    Images are opened with `open_image` at each access; an unreadable one raises ImageError
+    naming the file (load_dataset with check_images=True has already skipped those).
+    """
+
+    def __init__(self, samples: Sequence[Sample], image_transform: Callable[[Any], torch.Tensor]):
+        self.samples = list(samples)
+        self.image_transform = image_transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[int]:
+        """Label index per item, in order (for class weights and samplers)."""
+        return [sample.label for sample in self.samples]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        return {
+            "pixel_values": self.image_transform(open_image(sample.image_path)),
+            "text": sample.text,
+            "label": sample.label,
+            "id": sample.id,
+        }
+
+
+class Collator:
+    """Batch items: stack images, tokenize all texts in one tokenizer call.
+
+    Texts are padded to the longest in the batch (truncated to `max_length` tokens), or to
+    `max_length` when `pad_to_max_length` (the notebooks' choice). Returns
+    `{"pixel_values": [B,3,S,S], "input_ids": [B,T], "attention_mask": [B,T], "labels": [B],
+    "ids": list[str]}`; "labels" is left out when the items carry no label (label None).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int = 128, pad_to_max_length: bool = False):
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_to_max_length = pad_to_max_length
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        encoded = self.tokenizer(
+            [item["text"] for item in items],
+            padding="max_length" if self.pad_to_max_length else "longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        batch: dict[str, Any] = {
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "ids": [item["id"] for item in items],
+        }
+        labels = [item.get("label") for item in items]
+        if all(label is not None for label in labels):
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch

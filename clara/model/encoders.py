@@ -1,0 +1,320 @@
+"""The two encoder towers (CLIP vision, DeBERTa-v3 text), their tokenizer and image statistics.
+
+Three sources, chosen by `ModelConfig.encoders`:
+- `published`: `CLIPVisionModel` / `AutoModel` / `AutoTokenizer` `.from_pretrained` on
+  `model.vision_encoder` / `model.text_encoder`, each a hub id or a local folder.
+- `tiny`: small CLIP-vision and DeBERTa-v2 (v3-style relative attention) configs with a tokenizer
+  built from the training texts; for tests and the demo, no download.
+- `random-full`: the real ViT-B/32 (B/16 when the vision id names patch16) and DeBERTa-v3-base
+  architectures with random weights and an offline tokenizer; the embedding table keeps
+  DeBERTa-v3's 128,100 rows so parameter counts and speed match the published model.
+
+In every case the base weights are frozen and LoRA adapters are added by peft. The vision
+LoRA is injected in place (`vision.backbone.encoder.…lora_A.default.weight`) and the text
+encoder is a `PeftModel` (`text.base_model.model.encoder.…`), which is how the notebooks'
+state-dict keys read (clara-reference.md §2).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import string
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from torch import nn
+from transformers import (AutoModel, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
+                          DebertaV2Config, DebertaV2Model, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from clara.config import ModelConfig
+
+ENCODER_SOURCES = ("published", "tiny", "random-full")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+DEBERTA_V3_VOCAB_SIZE = 128_100
+TOKENIZER_MAX_LENGTH = 512
+# Random encoder weights come from fixed seeds inside a forked RNG: the tiny / random-full towers
+# stand in for pretrained weights, so they are the same in every run and do not shift the
+# global RNG that seeds the trainable parts (LoRA, fusion, heads).
+VISION_INIT_SEED = 1234
+TEXT_INIT_SEED = 5678
+
+# Small enough for CPU tests: 96 px / 16 px patches -> a 6x6 grid (+ CLS = 37 image tokens).
+TINY_VISION_SIZES = dict(image_size=96, patch_size=16, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4)
+TINY_TEXT_SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       position_buckets=32, max_position_embeddings=128)
+TINY_TOKENIZER_VOCAB = 4000
+FULL_TOKENIZER_VOCAB = 30000
+
+# Used when no training texts are given (e.g. `--print-params`, a model built only to be loaded).
+BUILTIN_CORPUS = (
+    "what a wonderful sunny day at the beach with friends!",
+    "i love this beautiful picture of my dog :)",
+    "so happy and proud of our team, great win tonight",
+    "the concert was amazing, best night ever #music",
+    "new coffee shop in town, the cake looks delicious",
+    "this is the worst service i have ever had.",
+    "sad news today, rest in peace",
+    "traffic again... late for work, so annoying",
+    "i hate rainy mondays and broken phones",
+    "terrible weather, the flight is delayed for 3 hours",
+    "meeting at 10 am in room 204 about the report",
+    "photo of the city skyline taken from the bridge",
+    "the new schedule is posted on the website @user http",
+    "oh great, another day of fun at the dentist #sarcasm",
+    "yeah right, because that worked so well last time",
+    "a red car parked next to a green tree and a blue house",
+    "cats, dogs, birds and 12 fish; numbers 0 1 2 3 4 5 6 7 8 9",
+)
+
+
+class EncoderError(ValueError):
+    """An encoder or tokenizer that cannot be built; the message names the config field and a fix."""
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """What the image transform and the explanations need to know about the vision encoder."""
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    patch_size: int
+
+    @property
+    def grid_size(self) -> int:
+        return self.size // self.patch_size
+
+    @property
+    def n_tokens(self) -> int:
+        """CLIP's last_hidden_state length: CLS + the row-major patch grid."""
+        return self.grid_size ** 2 + 1
+
+
+class VisionTower(nn.Module):
+    """CLIPVisionModel (LoRA injected in place) returning all of its last-layer tokens."""
+
+    def __init__(self, backbone: CLIPVisionModel):
+        super().__init__()
+        self.backbone = backbone
+        self.hidden_size: int = backbone.config.hidden_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> [B, 1 + grid², hidden] (index 0 is CLS)."""
+        return self.backbone(pixel_values=pixel_values).last_hidden_state
+
+
+# --------------------------------------------------------------------------- configs
+
+def _check_source(cfg: ModelConfig) -> None:
+    if cfg.encoders not in ENCODER_SOURCES:
+        raise EncoderError(f"model.encoders={cfg.encoders!r} is not one of: {', '.join(ENCODER_SOURCES)}")
+
+
+def _offline_vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
+    if cfg.encoders == "tiny":
+        return CLIPVisionConfig(**TINY_VISION_SIZES, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    # CLIPVisionConfig's defaults are ViT-B/32 (768 wide, 12 layers, 12 heads, 224 px, quick_gelu).
+    patch_size = 16 if "patch16" in cfg.vision_encoder else 32
+    return CLIPVisionConfig(patch_size=patch_size)
+
+
+def _deberta_v3_config(vocab_size: int, pad_token_id: int, **sizes: int) -> DebertaV2Config:
+    """microsoft/deberta-v3-base's settings; `sizes` overrides the dimensions (tiny)."""
+    settings = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    position_buckets=256, max_position_embeddings=512)
+    settings.update(sizes)
+    return DebertaV2Config(vocab_size=vocab_size, pad_token_id=pad_token_id, relative_attention=True,
+                           max_relative_positions=-1, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                           share_att_key=True, position_biased_input=False, type_vocab_size=0,
+                           hidden_act="gelu", layer_norm_eps=1e-7, **settings)
+
+
+@contextlib.contextmanager
+def _seeded_init(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+def train_wordpiece_tokenizer(texts: list[str], max_vocab_size: int) -> PreTrainedTokenizerFast:
+    """A lowercasing WordPiece tokenizer whose vocabulary is built from `texts`, deterministically.
+
+    The `tokenizers` trainers give different vocabularies in different processes (Rust hash-map
+    order decides ties), so the vocabulary is built here instead: the special tokens, every
+    character seen (plus ASCII letters, digits and punctuation) as a word start and as a `##`
+    continuation, then whole words by descending count (ties alphabetical) up to
+    `max_vocab_size`. An unseen word falls back to its characters.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts: collections.Counter[str] = collections.Counter()
+    for text in texts:
+        normalized = normalizer.normalize_str(text)
+        word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalized))
+    alphabet = sorted(set(string.ascii_lowercase + string.digits + string.punctuation)
+                      | {char for word in word_counts for char in word})
+    vocab_tokens = list(SPECIAL_TOKENS) + alphabet + ["##" + char for char in alphabet]
+    if len(vocab_tokens) > max_vocab_size:
+        raise EncoderError(f"the texts use {len(alphabet)} distinct characters, more than a "
+                           f"{max_vocab_size}-token vocabulary can hold")
+    known = set(vocab_tokens)
+    by_count = sorted((word for word in word_counts if word not in known), key=lambda w: (-word_counts[w], w))
+    vocab_tokens += by_count[:max_vocab_size - len(vocab_tokens)]
+    vocab = {token: index for index, token in enumerate(vocab_tokens)}
+
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=TOKENIZER_MAX_LENGTH, padding_side="right")
+
+
+def build_tokenizer(cfg: ModelConfig, texts: list[str] | None = None) -> PreTrainedTokenizerBase:
+    """The text encoder's tokenizer: loaded for `published`, built from `texts` otherwise.
+
+    `texts=None` uses a small built-in corpus (every character still tokenizes, words fall back
+    to characters).
+    """
+    _check_source(cfg)
+    if cfg.encoders == "published":
+        try:
+            return AutoTokenizer.from_pretrained(cfg.text_encoder)
+        except (OSError, ValueError) as exc:
+            raise EncoderError(_load_failure("tokenizer", "model.text_encoder", cfg.text_encoder, exc)) from exc
+    corpus = list(texts) if texts else list(BUILTIN_CORPUS)
+    max_vocab = TINY_TOKENIZER_VOCAB if cfg.encoders == "tiny" else FULL_TOKENIZER_VOCAB
+    return train_wordpiece_tokenizer(corpus, max_vocab)
+
+
+# --------------------------------------------------------------------------- towers
+
+def _load_failure(what: str, field: str, source: str, exc: Exception) -> str:
+    looks_local = source.startswith(("/", ".", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().is_dir():
+        reason = "no such folder"
+    else:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (f"cannot load the {what} from {field}={source!r}: {reason}.\n"
+            "Point it at a local folder holding the model's config.json, weights and tokenizer files "
+            "(save_pretrained output), or use --encoders tiny / random-full, which need no download.")
+
+
+def _add_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets: tuple[str, ...], field: str,
+              wrap: bool) -> nn.Module:
+    """Freeze `model` and add LoRA (peft); `wrap` returns a PeftModel, else injects in place."""
+    for param in model.parameters():
+        param.requires_grad = False
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    try:
+        with warnings.catch_warnings():
+            # peft asks transformers 5 a deprecated question; the warning is not the user's to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+            return get_peft_model(model, lora) if wrap else inject_adapter_in_model(lora, model)
+    except ValueError as exc:
+        raise EncoderError(f"LoRA targets {field}={list(targets)} do not fit {type(model).__name__}: {exc}") from exc
+
+
+def build_vision_encoder(cfg: ModelConfig) -> VisionTower:
+    """CLIP vision tower, frozen, with LoRA on `cfg.vision_lora_targets`."""
+    _check_source(cfg)
+    if cfg.encoders == "published":
+        try:
+            backbone = CLIPVisionModel.from_pretrained(cfg.vision_encoder)
+        except (OSError, ValueError) as exc:
+            raise EncoderError(_load_failure("vision encoder", "model.vision_encoder", cfg.vision_encoder,
+                                             exc)) from exc
+    else:
+        with _seeded_init(VISION_INIT_SEED):
+            backbone = CLIPVisionModel(_offline_vision_config(cfg))
+    backbone = _add_lora(backbone, cfg.vision_lora_r, cfg.vision_lora_alpha, cfg.vision_lora_dropout,
+                         cfg.vision_lora_targets, "model.vision_lora_targets", wrap=False)
+    if cfg.gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return VisionTower(backbone)
+
+
+def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> PeftModel:
+    """DeBERTa text encoder inside a peft `PeftModel`, frozen except LoRA and the last
+    `cfg.unfreeze_last_text_layers` layers.
+
+    `tokenizer` sizes the tiny model's embedding table and is checked against the others';
+    without it one is built as `build_tokenizer(cfg)` would.
+    """
+    _check_source(cfg)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+    if cfg.encoders == "published":
+        try:
+            base = AutoModel.from_pretrained(cfg.text_encoder)
+        except (OSError, ValueError) as exc:
+            raise EncoderError(_load_failure("text encoder", "model.text_encoder", cfg.text_encoder, exc)) from exc
+    else:
+        vocab_size = len(tokenizer) if cfg.encoders == "tiny" else DEBERTA_V3_VOCAB_SIZE
+        sizes = TINY_TEXT_SIZES if cfg.encoders == "tiny" else {}
+        with _seeded_init(TEXT_INIT_SEED):
+            base = DebertaV2Model(_deberta_v3_config(vocab_size, tokenizer.pad_token_id, **sizes))
+    embedding_rows = base.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embedding_rows:
+        raise EncoderError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder "
+                           f"(model.text_encoder={cfg.text_encoder!r}) embeds only {embedding_rows}: "
+                           "they do not belong together")
+    text = _add_lora(base, cfg.text_lora_r, cfg.text_lora_alpha, cfg.text_lora_dropout, cfg.text_lora_targets,
+                     "model.text_lora_targets", wrap=True)
+    _unfreeze_last_layers(base, cfg.unfreeze_last_text_layers)
+    if cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return text
+
+
+def _unfreeze_last_layers(base: nn.Module, n_layers: int) -> None:
+    """Make every weight of the last `n_layers` encoder layers trainable (LoRA-wrapped ones included)."""
+    if n_layers <= 0:
+        return
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or n_layers > len(layers):
+        available = "no `encoder.layer` list" if layers is None else f"{len(layers)} layers"
+        raise EncoderError(f"model.unfreeze_last_text_layers={n_layers} but the text encoder has {available}")
+    for layer in layers[-n_layers:]:
+        for param in layer.parameters():
+            param.requires_grad = True
+
+
+# --------------------------------------------------------------------------- image statistics
+
+def image_stats(cfg: ModelConfig) -> ImageStats:
+    """Input size, normalisation and patch size of the vision encoder `cfg` describes.
+
+    Mean/std are OpenAI CLIP's, except for a published encoder with an image-processor config
+    (preprocessor_config.json), whose values are used.
+    """
+    _check_source(cfg)
+    openai = (tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD))
+    if cfg.encoders != "published":
+        vision_config = _offline_vision_config(cfg)
+        return ImageStats(vision_config.image_size, *openai, vision_config.patch_size)
+    try:
+        vision_config = CLIPVisionConfig.from_pretrained(cfg.vision_encoder)
+    except (OSError, ValueError) as exc:
+        raise EncoderError(_load_failure("vision encoder config", "model.vision_encoder", cfg.vision_encoder,
+                                         exc)) from exc
+    mean, std = openai
+    source = Path(cfg.vision_encoder)
+    if not source.is_dir() or (source / "preprocessor_config.json").is_file():
+        try:
+            processor = CLIPImageProcessor.from_pretrained(cfg.vision_encoder)
+            mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+        except OSError:
+            pass  # a hub model without a processor config (or not cached): CLIP's own constants apply
+    return ImageStats(int(vision_config.image_size), mean, std, int(vision_config.patch_size))

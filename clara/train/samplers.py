@@ -1,0 +1,127 @@
+"""Training-set samplers and the negative image mixup of MVSA-Multiple (clara-reference.md §3).
+
+- `weighted`: inverse class frequency (MVSA-Single), so each class is drawn about equally often;
+- `boost_negative`: natural frequencies, except that negatives are drawn at least
+  `negative_min_fraction` of the time (MVSA-Multiple: 3.2 % negatives -> >= 30 % of draws);
+- `random`: a plain shuffle (HFM).
+Every sampler draws from its own seeded `torch.Generator`, so a run repeats exactly. Under
+several processes Accelerate re-seeds that generator identically on every process (and then
+shards the batches), so all processes agree on the epoch's order.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
+
+SAMPLERS = ("weighted", "boost_negative", "random")
+
+
+def count_classes(labels: Sequence[int], num_classes: int) -> list[int]:
+    """How many posts carry each class index."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if len(counts) > num_classes:
+        raise ValueError(f"label index {len(counts) - 1} out of range for {num_classes} classes")
+    return counts.tolist()
+
+
+def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Per-post draw weights 1 / count(class of the post): every class gets the same total weight."""
+    counts = count_classes(labels, num_classes)
+    return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
+
+
+def negative_boost_weights(labels: Sequence[int], negative_index: int, min_fraction: float) -> torch.Tensor:
+    """Per-post draw weights that keep natural frequencies but give negatives >= `min_fraction`.
+
+    With n_neg negatives among n posts the negative weight w solves
+    n_neg * w / (n_neg * w + n - n_neg) = min_fraction; a set that already has enough negatives
+    (or has none, or only negatives) is left at weight 1 for every post.
+    """
+    if not 0.0 <= min_fraction < 1.0:
+        raise ValueError(f"negative_min_fraction must be in [0, 1), got {min_fraction}")
+    is_negative = torch.tensor([label == negative_index for label in labels], dtype=torch.bool)
+    n_negative = int(is_negative.sum())
+    n_other = len(labels) - n_negative
+    weights = torch.ones(len(labels), dtype=torch.double)
+    if n_negative == 0 or n_other == 0 or n_negative / len(labels) >= min_fraction:
+        return weights
+    weights[is_negative] = min_fraction * n_other / ((1.0 - min_fraction) * n_negative)
+    return weights
+
+
+def make_generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def build_sampler(kind: str, labels: Sequence[int], num_classes: int, seed: int,
+                  negative_index: int | None = None, negative_min_fraction: float = 0.30,
+                  num_samples: int | None = None) -> Sampler[int]:
+    """The training sampler `kind` (weighted | boost_negative | random) over posts with `labels`.
+
+    Weighted samplers draw with replacement, `num_samples` (default: the number of posts) per epoch.
+    """
+    generator = make_generator(seed)
+    num_samples = len(labels) if num_samples is None else num_samples
+    if kind == "random":
+        return RandomSampler(range(len(labels)), generator=generator)
+    if kind == "weighted":
+        weights = inverse_frequency_weights(labels, num_classes)
+    elif kind == "boost_negative":
+        if negative_index is None:
+            raise ValueError("the boost_negative sampler needs the index of the negative class")
+        weights = negative_boost_weights(labels, negative_index, negative_min_fraction)
+    else:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of: {', '.join(SAMPLERS)}")
+    return WeightedRandomSampler(weights, num_samples=num_samples, replacement=True, generator=generator)
+
+
+class NegativeMixup:
+    """Batch transform: mixes the image of a negative post with that of another negative post.
+
+    Each negative post in a batch that holds at least two is, with probability `prob`, given
+    the image lam * x_i + (1 - lam) * x_j of itself and a different negative post j of the same
+    batch, lam ~ Beta(alpha, alpha); its text is kept. Both posts are negative, so the target
+    stays the hard label "negative" (no soft labels are needed). Non-negative posts are never
+    touched. Draws come from a seeded generator; give each process its own seed.
+    """
+
+    def __init__(self, negative_index: int, prob: float, alpha: float, seed: int):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"negative mixup probability must be in [0, 1], got {prob}")
+        if alpha <= 0:
+            raise ValueError(f"negative mixup alpha must be > 0, got {alpha}")
+        self.negative_index = negative_index
+        self.prob = prob
+        self.alpha = alpha
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Return the batch with mixed `pixel_values` (a new tensor; the input is not modified)."""
+        labels = batch["labels"]
+        if labels.dim() != 1 or self.prob == 0.0:
+            return batch
+        negatives = torch.nonzero(labels == self.negative_index).flatten().cpu().numpy()
+        if len(negatives) < 2:
+            return batch
+        chosen = negatives[self.rng.random(len(negatives)) < self.prob]
+        if len(chosen) == 0:
+            return batch
+        # A partner for each chosen post among the *other* negatives: offset in 1..k-1 modulo k.
+        positions = np.searchsorted(negatives, chosen)
+        offsets = self.rng.integers(1, len(negatives), size=len(chosen))
+        partners = negatives[(positions + offsets) % len(negatives)]
+        lam = self.rng.beta(self.alpha, self.alpha, size=len(chosen))
+
+        pixels = batch["pixel_values"]
+        mixed = pixels.clone()
+        index = torch.as_tensor(chosen, device=pixels.device)
+        partner_index = torch.as_tensor(partners, device=pixels.device)
+        lam_t = torch.as_tensor(lam, dtype=pixels.dtype, device=pixels.device).view(-1, *[1] * (pixels.dim() - 1))
+        mixed[index] = lam_t * pixels[index] + (1.0 - lam_t) * pixels[partner_index]
+        return {**batch, "pixel_values": mixed}

@@ -1,0 +1,68 @@
+"""Home: what the app does, the checkpoint picker shared by every page, and the device in use."""
+from pathlib import Path
+
+import streamlit as st
+
+from clara import app_support as support
+from pages import _ui as ui
+
+st.title("clara — multimodal sentiment analysis")
+st.markdown(
+    "CLARA classifies a post made of an **image and a text** (a tweet, a meme) with a CLIP vision encoder, "
+    "a DeBERTa-v3 text encoder and token-level co-attention between them. This dashboard lets you:\n"
+    "- **Predict**: upload an image (or try a bundled example), type or OCR its text, and see the label, "
+    "the probabilities and what each head and each modality alone says;\n"
+    "- **Attention** and **Attributions**: see which words and image regions the decision rests on;\n"
+    "- **Metrics** and **Errors**: compare test results across datasets with the published numbers and "
+    "browse the misclassified test posts;\n"
+    "- **Batch**: predict a whole CSV of posts and download the results.")
+
+st.header("Checkpoint")
+entries = ui.list_checkpoints()
+if not entries:
+    st.warning(f"No checkpoint under {ui.CHECKPOINTS_DIR}. Rebuild the demo one with "
+               f"`python scripts/make_demo_checkpoint.py`, or train one with `{ui.TRAIN_COMMAND}`.")
+    st.stop()
+
+st.dataframe(support.checkpoints_table(entries), hide_index=True, key="checkpoints_table",
+             column_config={m: st.column_config.NumberColumn(m, format="%.2f %%") for m in support.HEADLINE_METRICS})
+usable = [e for e in entries if e.usable]
+by_path = {str(e.path): e for e in usable}
+current = st.session_state.get(ui.CHECKPOINT)
+if usable:
+    options = list(by_path)
+    if st.session_state.get("checkpoint_picker") not in options:
+        st.session_state["checkpoint_picker"] = current if current in by_path else options[0]
+
+    def _use_picked() -> None:
+        st.session_state[ui.CHECKPOINT] = st.session_state["checkpoint_picker"]
+
+    st.selectbox("Checkpoint used by every page", options, key="checkpoint_picker",
+                 format_func=lambda p: by_path[p].describe(), on_change=_use_picked)
+    _use_picked()  # also when the stored checkpoint was not usable and the picker fell back
+else:
+    st.error("None of the checkpoint folders can be used; the table says why.")
+    st.stop()
+st.caption("Metrics are in percent. `test` means the test split of the run that trained the checkpoint; "
+           "`val` means only the validation metrics the checkpoint was selected on are known.")
+
+entry = by_path[st.session_state["checkpoint_picker"]]
+predictor = ui.predictor_for(entry.path)
+import torch  # noqa: E402  (after the model is loaded, so the page shows up first)
+
+device = str(getattr(predictor, "device", "cpu"))
+cuda = f"CUDA available: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU found"
+st.markdown(f"**Device in use:** `{device}` · torch {torch.__version__} · {cuda}")
+left, right = st.columns(2)
+left.markdown(f"**Dataset:** {entry.dataset} · **protocol:** {entry.protocol}  \n"
+              f"**Labels:** {', '.join(entry.labels)}  \n**Encoders:** {entry.encoders} · **fusion:** {entry.fusion}")
+right.markdown(f"**Folder:** `{Path(entry.path).resolve()}`  \n**Created:** {support.format_date(entry.created)}  \n"
+               f"**Source:** {support.SOURCE_NAMES.get(entry.source, entry.source)}")
+
+st.header("Train a real model")
+st.markdown(
+    "Download a dataset (MVSA-Single, MVSA-Multiple or the Twitter sarcasm set HFM) in its original layout, "
+    "then run, for example:")
+st.code(ui.TRAIN_COMMAND, language="bash")
+st.markdown("The best epoch lands in `checkpoints/clara_mvsa_single_best/` and its test results in "
+            "`results/mvsa_single/`; both appear here (and on the Metrics and Errors pages) without a restart.")

@@ -1,0 +1,146 @@
+"""Train CLARA on one dataset with its published settings, then evaluate the best epoch on test.
+
+    python scripts/train.py --dataset mvsa_single --data-dir data/MVSA_Single
+    python scripts/train.py --dataset hfm --data-dir data/HFM --encoders tiny --epochs 1 --output-dir runs/smoke
+    accelerate launch --num_processes 2 scripts/train.py --dataset mvsa_multiple --data-dir data/MVSA
+
+Writes OUT/checkpoints/clara_<dataset>_best/ and _last/ and OUT/results/<dataset>/ (metrics.json
+and plots), OUT being --output-dir or the current folder; a train-time --ablation adds
+_<ablation> to those names. Any config field can be set with --set section.field=value
+(see clara/config.py), e.g. --set train.label_smoothing=0.1 --set model.fusion_layers=1.
+Exit status: 0 done, 1 training failed (e.g. the loss became NaN), 2 bad arguments or data folder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from clara.config import ABLATIONS, DATASETS, Config, ConfigError, get_preset
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line on stderr (no usage dump), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)")
+
+
+def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
+    one_line = " ".join(str(message).split())
+    print(f"train.py: error: {one_line}", file=sys.stderr)
+    sys.exit(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which benchmark (and preset)")
+    parser.add_argument("--data-dir", type=Path, help="the dataset folder in its raw format")
+    parser.add_argument("--protocol", choices=("clara", "standard"),
+                        help="MVSA filtering and split: clara (agreement, 70/15/15; default) or standard (8:1:1)")
+    parser.add_argument("--hfm-label", choices=("human", "hashtag"),
+                        help="HFM val/test label: human (last field, standard; default) or hashtag (as the notebooks)")
+    parser.add_argument("--splits", type=Path, help="JSON or TSV file of ids per split (e.g. CLMLF's split)")
+    parser.add_argument("--encoders", choices=("published", "tiny", "random-full"),
+                        help="published (hub id or local folder; default), tiny (offline, for tests), "
+                             "random-full (real architectures, random weights)")
+    parser.add_argument("--fusion", choices=("token", "pooled"),
+                        help="token co-attention (paper; default) or pooled (notebooks)")
+    parser.add_argument("--ablation", choices=ABLATIONS, help="train this variant from scratch")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (preset: 50)")
+    parser.add_argument("--batch-size", type=int, help="per-process batch size")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap optimizer steps per epoch (smoke runs)")
+    parser.add_argument("--seed", type=int, help="random seed (preset: 42)")
+    parser.add_argument("--output-dir", type=Path,
+                        help="stands for the repo root: checkpoints/ and results/ go under it (default: .)")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="set any config field, e.g. train.weight_decay=0.05 (repeatable)")
+    parser.add_argument("--print-params", action="store_true",
+                        help="build the model, print trainable/total parameters and exit (no data needed)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The dataset's preset with the flags, then the --set assignments, applied."""
+    flags = {
+        "data.data_dir": str(args.data_dir) if args.data_dir else None,
+        "data.protocol": args.protocol,
+        "data.hfm_label": args.hfm_label,
+        "data.splits_file": str(args.splits) if args.splits else None,
+        "model.encoders": args.encoders,
+        "model.fusion": args.fusion,
+        "model.ablation": args.ablation,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.patience": args.patience,
+        "train.max_steps_per_epoch": args.max_steps_per_epoch,
+        "train.seed": args.seed,
+        "train.output_dir": str(args.output_dir) if args.output_dir else None,
+    }
+    assignments: dict[str, object] = {key: value for key, value in flags.items() if value is not None}
+    for item in args.assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.lr=3e-5")
+        assignments[key.strip()] = value
+    for name in ("epochs", "batch_size", "patience", "max_steps_per_epoch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return get_preset(args.dataset).override(assignments)
+
+
+def print_params(cfg: Config) -> None:
+    from clara.model import create_model
+    from clara.train.loop import format_param_counts
+
+    model, _ = create_model(cfg)
+    counts = model.param_counts()
+    print(f"{cfg.data.dataset} (encoders {cfg.model.encoders}, fusion {cfg.model.fusion}, "
+          f"variant {cfg.model.variant}): {format_param_counts(counts)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.print_params:
+        print_params(cfg)
+        return 0
+    # Check the folder before importing torch, so a typo fails in a second.
+    if args.data_dir is None:
+        fail("--data-dir is required (the dataset folder in its raw format)")
+    if not args.data_dir.is_dir():
+        what = "is not a folder" if args.data_dir.exists() else "does not exist"
+        fail(f"--data-dir {args.data_dir} {what}")
+
+    from clara.data import DatasetError
+    from clara.model import EncoderError
+    from clara.train.loop import OutputDirError, TrainingError, train
+
+    try:
+        result = train(cfg, progress=not args.no_progress)
+    except DatasetError as exc:
+        fail(f"--data-dir {args.data_dir}: {exc}")
+    except (OutputDirError, EncoderError) as exc:
+        fail(str(exc))
+    except TrainingError as exc:
+        fail(str(exc), EXIT_FAILED)
+    print(f"best checkpoint: {result.best_dir}\nresults: {result.results_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""scripts/predict.py: one post (text and JSON), batch CSV with bad rows reported per row, and
+one-line exit-2 errors."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clara.checkpoint import save_checkpoint
+from clara.inference import Predictor
+from _eval_utils import build_model, jpeg_bytes, one_thread, random_image, tiny_config  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "predict.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("predict_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    cfg = tiny_config()
+    model, tokenizer = build_model(cfg)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "clara_best", model, tokenizer, cfg)
+
+
+@pytest.fixture
+def post(tmp_path) -> Path:
+    path = tmp_path / "post.jpg"
+    path.write_bytes(jpeg_bytes(random_image(3)))
+    return path
+
+
+def test_one_post_as_json_from_the_command_line(checkpoint, post):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, str(SCRIPT), "--checkpoint", str(checkpoint), "--image", str(post),
+                          "--text", "i love this sunny day", "--json", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    expected = Predictor.from_checkpoint(checkpoint, device="cpu").predict([post], ["i love this sunny day"])[0]
+    assert printed["label"] == expected.label
+    assert printed["probs"] == pytest.approx(expected.probs, abs=1e-6)
+    assert set(printed) == {"label", "label_index", "probs", "uncertainty", "pred_probs", "verify_probs",
+                            "text_only_probs", "image_only_probs", "text_truncated"}
+
+
+def test_one_post_as_text(checkpoint, post, capsys):
+    assert load_script().main(["--checkpoint", str(checkpoint), "--image", str(post), "--text", "", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] in ("positive", "neutral", "negative")
+    assert lines[1].startswith("positive ") and "neutral " in lines[1] and lines[2].startswith("uncertainty ")
+
+
+def test_batch_csv_reports_bad_rows_and_predicts_the_rest(checkpoint, tmp_path, capsys):
+    images = tmp_path / "posts" / "img"
+    images.mkdir(parents=True)
+    (images / "a.jpg").write_bytes(jpeg_bytes(random_image(1)))
+    (images / "b.jpg").write_bytes(jpeg_bytes(random_image(2)))
+    (images / "broken.jpg").write_bytes(b"this is not an image")
+    table = tmp_path / "posts" / "in.csv"
+    with table.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "text"])
+        writer.writerows([["img/a.jpg", "great day, love it"], ["img/missing.jpg", "where is it"],
+                          ["img/broken.jpg", "broken"], ["img/b.jpg", ""], ["", "no image"]])
+    out = tmp_path / "out" / "predictions.csv"
+    assert load_script().main(["--checkpoint", str(checkpoint), "--csv", str(table), "--out", str(out),
+                               "--batch-size", "2", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in err[:3]] == ["row 3", "row 4", "row 6"]
+    assert "missing.jpg: file not found" in err[0]
+    assert err[-1].startswith("predicted 2 of 5 rows (3 failed)")
+
+    with out.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["row", "image", "text", "label", "prob_positive", "prob_neutral", "prob_negative",
+                             "uncertainty", "text_truncated", "error"]
+    assert [row["row"] for row in rows] == ["2", "3", "4", "5", "6"]
+    assert [bool(row["error"]) for row in rows] == [False, True, True, False, True]
+    assert rows[4]["error"] == "no image path"
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    expected = predictor.predict([images / "a.jpg", images / "b.jpg"], ["great day, love it", ""])
+    assert [rows[0]["label"], rows[3]["label"]] == [p.label for p in expected]
+    assert float(rows[3]["prob_neutral"]) == pytest.approx(expected[1].probs["neutral"], abs=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "{tmp}/nope", "--image", "{post}", "--text", "x"], "checkpoint folder .*nope does not exist"),
+    (["--checkpoint", "{ck}", "--image", "{tmp}/absent.jpg", "--text", "x"], "cannot use image .*absent.jpg: file not found"),
+    (["--checkpoint", "{ck}", "--image", "{bad}", "--text", "x"], "cannot use image .*bad.jpg"),
+    (["--checkpoint", "{empty}", "--image", "{post}", "--text", "x"], "bad checkpoint: no config.json in .*incomplete"),
+    (["--checkpoint", "{ck}", "--image", "{post}"], "one post needs both --image and --text"),
+    (["--checkpoint", "{ck}"], "give either --image and --text"),
+    (["--checkpoint", "{ck}", "--image", "{post}", "--text", "x", "--set", "fusion"], "--set 'fusion': expected"),
+    (["--checkpoint", "{ck}", "--csv", "{tmp}/in.csv", "--out", "{tmp}/o.csv"], "--csv .*in.csv does not exist"),
+    (["--checkpoint", "{ck}", "--csv", "{nocol}", "--out", "{tmp}/o.csv"], r"missing column\(s\) text"),
+])
+def test_bad_input_exits_2_with_one_line(checkpoint, post, tmp_path, capsys, args, message):
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tmp_path / "empty_ck").mkdir()
+    (tmp_path / "nocol.csv").write_text("image,caption\na.jpg,hi\n", encoding="utf-8")
+    values = {"tmp": tmp_path, "post": post, "ck": checkpoint, "bad": tmp_path / "bad.jpg",
+              "empty": tmp_path / "empty_ck", "nocol": tmp_path / "nocol.csv"}
+    assert load_script().main([arg.format(**values) for arg in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("predict.py: error: ")
+    import re
+    assert re.search(message, err), err

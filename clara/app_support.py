@@ -138,12 +138,12 @@ def _checkpoint_metrics(path: Path, results_roots: Sequence[str | Path]) -> tupl
     for results_dir in [path / "results", *(Path(r) for r in results_roots)]:
         for metrics_file in _metrics_files(results_dir):
             metrics = _read_json(metrics_file)
-            named = metrics.get("checkpoint") if isinstance(metrics, dict) else None
+            if not isinstance(metrics, dict):
+                continue
             own_folder = metrics_file.parent == path / "results"
-            if isinstance(metrics, dict) and (own_folder or (named and _same_path(named, path, metrics_file.parent))):
-                headline = _headline(metrics)
-                if headline:
-                    return headline, "test"
+            named = named_checkpoint(metrics, metrics_file.parent)
+            if (own_folder or (named is not None and named.resolve() == path.resolve())) and _headline(metrics):
+                return _headline(metrics), "test"
     own = _read_json(path / METRICS_FILE)
     if isinstance(own, dict):
         for split in ("test", "val"):
@@ -152,14 +152,19 @@ def _checkpoint_metrics(path: Path, results_roots: Sequence[str | Path]) -> tupl
     return {}, None
 
 
-def _same_path(named: str, path: Path, relative_to: Path) -> bool:
-    candidate = Path(named)
-    if not candidate.is_absolute():
-        candidate = relative_to / candidate
-    try:
-        return candidate.resolve() == path.resolve()
-    except OSError:
-        return False
+def named_checkpoint(metrics: Mapping[str, Any], results_dir: Path) -> Path | None:
+    """The checkpoint folder a results metrics.json names, if it exists.
+
+    The training loop records the path as it was given, often relative to the folder it ran in
+    (OUT, with results in OUT/results/<run>/), so a relative path is tried from there and from
+    the current folder.
+    """
+    named = metrics.get("checkpoint")
+    if not isinstance(named, str) or not named:
+        return None
+    path = Path(named)
+    candidates = [path] if path.is_absolute() else [results_dir.parent.parent / path, Path.cwd() / path]
+    return next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
 
 
 def _metrics_files(results_dir: Path) -> list[Path]:
@@ -611,11 +616,8 @@ def find_results(results_roots: Sequence[str | Path], checkpoints: Sequence[Chec
         if key in seen or not isinstance(metrics, dict):
             return
         seen.add(key)
-        if checkpoint is None and isinstance(metrics.get("checkpoint"), str):
-            named = Path(metrics["checkpoint"])
-            checkpoint = named if named.is_absolute() else (results_dir / named)
-            checkpoint = checkpoint if (checkpoint / CONFIG_FILE).is_file() else None
-        runs.append(RunResults(name=name, results_dir=results_dir, metrics=metrics, checkpoint=checkpoint))
+        runs.append(RunResults(name=name, results_dir=results_dir, metrics=metrics,
+                               checkpoint=checkpoint or named_checkpoint(metrics, results_dir)))
 
     for entry in checkpoints:
         add(entry.path / "results", entry.name, entry.path)

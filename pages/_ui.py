@@ -3,6 +3,7 @@ the post picker. Not a page itself (st.navigation in streamlit_app.py lists the 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,6 @@ import streamlit as st
 from clara import app_support as support
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS_DIR = ROOT / "checkpoints"
-DEMO_CHECKPOINT_DIR = CHECKPOINTS_DIR / "demo"
-RESULTS_DIR = ROOT / "results"
 EXAMPLES_DIR = ROOT / "examples"
 TRAIN_COMMAND = "python scripts/train.py --dataset mvsa_single --data-dir data/MVSA_Single"
 
@@ -29,8 +27,8 @@ PREDICTION = "prediction"  # dict: the last prediction and what it was made on
 POST = "post"  # Post: the last predicted post, explained by the Attention/Attributions pages
 # Widget values that must survive a visit to another page (Streamlit drops the state of widgets
 # that are not drawn in a run unless the key is assigned again, see keep_widget_state).
-PERSISTENT_WIDGETS = (POST_TEXT, IMAGE_TEXT, TEXT_SOURCE, "ocr_enabled", "explain_post", "attention_layer", "attention_head",
-                      "attention_patch", "attr_methods", "attr_steps", "attr_target", "attr_deletion",
+PERSISTENT_WIDGETS = (POST_TEXT, IMAGE_TEXT, TEXT_SOURCE, "ocr_enabled", "explain_post", "attention_layer",
+                      "attention_head", "attention_patch", "attr_methods", "attr_steps", "attr_target", "attr_deletion",
                       "errors_run", "errors_true", "errors_pred")
 
 
@@ -63,15 +61,36 @@ def keep_widget_state() -> None:
             st.session_state[key] = st.session_state[key]
 
 
+def valid_choice(key: str, options: list[Any]) -> None:
+    """Reset a kept select box value that is not among this run's options (e.g. after the
+    checkpoint, and with it the labels or the number of layers, changed)."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+
+
+def checkpoints_dir() -> Path:
+    """Where the picker looks: checkpoints/ of the repository, or $CLARA_CHECKPOINTS_DIR."""
+    return Path(os.environ.get("CLARA_CHECKPOINTS_DIR") or ROOT / "checkpoints")
+
+
+def results_dir() -> Path:
+    """Where training writes results: results/ of the repository, or $CLARA_RESULTS_DIR."""
+    return Path(os.environ.get("CLARA_RESULTS_DIR") or ROOT / "results")
+
+
 def list_checkpoints() -> list[support.CheckpointEntry]:
-    return support.find_checkpoints(CHECKPOINTS_DIR, results_roots=[RESULTS_DIR])
+    return support.find_checkpoints(checkpoints_dir(), results_roots=[results_dir()])
+
+
+def list_results() -> list[support.RunResults]:
+    return support.find_results([results_dir()], list_checkpoints())
 
 
 def current_entry() -> support.CheckpointEntry | None:
     path = st.session_state.get(CHECKPOINT)
     if not path or not Path(path).is_dir():
         return None
-    return support.read_checkpoint_entry(path, CHECKPOINTS_DIR, results_roots=[RESULTS_DIR])
+    return support.read_checkpoint_entry(path, checkpoints_dir(), results_roots=[results_dir()])
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
@@ -152,8 +171,7 @@ def pick_post(key: str = "explain_post") -> Post | None:
     if not options:
         st.warning("Nothing to explain yet: predict a post on the Predict page first.")
         return None
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = next(iter(options))
+    valid_choice(key, list(options))
     choice = st.selectbox("Post to explain", list(options), key=key)
     post = options[choice]
     left, right = st.columns([1, 3])

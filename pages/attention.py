@@ -48,6 +48,8 @@ st.markdown(f"Predicted: **{labels[label_index]}** · {len(words)} words · {map
 
 layer_options = [MEAN] + list(range(maps.n_layers))
 head_options = [MEAN] + list(range(maps.n_heads))
+ui.valid_choice("attention_layer", layer_options)
+ui.valid_choice("attention_head", head_options)
 c1, c2 = st.columns(2)
 layer = c1.selectbox("Layer", layer_options, key="attention_layer",
                      format_func=lambda v: "mean of all layers" if v == MEAN else f"layer {v + 1}")
@@ -88,9 +90,9 @@ for index, word in enumerate(shown):
 
 st.header("Patch → token: which words a patch reads")
 grid = maps.grid.grid_size
-patch_choice = st.selectbox("Image patch", ["all patches (mean)"] + [f"row {r + 1}, column {c + 1}"
-                                                                     for r in range(grid) for c in range(grid)],
-                            key="attention_patch")
+patch_options = ["all patches (mean)"] + [f"row {r + 1}, column {c + 1}" for r in range(grid) for c in range(grid)]
+ui.valid_choice("attention_patch", patch_options)
+patch_choice = st.selectbox("Image patch", patch_options, key="attention_patch")
 patch = None if patch_choice.startswith("all") else \
     tuple(int(part.split()[-1]) - 1 for part in patch_choice.split(", "))
 weights = maps.image_to_text_weights(layer_index, head_index, patch=patch)

@@ -14,6 +14,7 @@ METHODS = {
     "occlusion": "Occlusion of each image patch",
 }
 PREDICTED = "the predicted class"
+MAX_GOOD_DELTA = 0.05  # |convergence delta| in probability units above which the steps are too few
 
 st.title("Attributions")
 st.caption("How much each word and each image region moves the probability of the explained class (Captum). "
@@ -24,8 +25,9 @@ post = ui.pick_post()
 if post is None:
     st.stop()
 
-for key, default in (("attr_methods", list(METHODS)), ("attr_steps", 32), ("attr_deletion", True)):
+for key, default in (("attr_methods", list(METHODS)), ("attr_steps", 64), ("attr_deletion", True)):
     st.session_state.setdefault(key, default)
+ui.valid_choice("attr_target", [PREDICTED] + labels)
 with st.form("attribution_settings"):
     methods = st.multiselect("Methods", list(METHODS), format_func=METHODS.get, key="attr_methods")
     c1, c2, c3 = st.columns(3)
@@ -46,7 +48,8 @@ if submitted:
 
     def _progress(method: str, done: int, total: int) -> None:
         name = METHODS.get(method, method.replace("_", " "))
-        bar.progress(done / max(total, 1), text="Done" if method == "done" else f"Computing: {name} ({done + 1}/{total})")
+        status = "Done" if method == "done" else f"Computing: {name} ({done + 1}/{total})"
+        bar.progress(done / max(total, 1), text=status)
 
     image = support.check_image_upload(post.image_bytes).image
     explanation = ui.explainer_for(predictor, n_steps=steps).explain(
@@ -75,6 +78,10 @@ if explanation.modality_share is not None and not math.isnan(explanation.modalit
     metrics.append(("Image share of the decision", explanation.modality_share.image))
 for column, (name, value) in zip(st.columns(max(len(metrics), 1)), metrics):
     column.metric(name, f"{value:+.4f}" if "delta" in name else f"{value:.0%}")
+large = [name for name, value in metrics if "delta" in name and abs(value) > MAX_GOOD_DELTA]
+if large:
+    st.warning(f"{' and '.join(large)} above {MAX_GOOD_DELTA}: the integral is coarse. Raise the integration "
+               "steps for attributions that add up to the change of the probability.")
 if explanation.modality_share is not None:
     st.caption(f"Modality share by {explanation.modality_share.method}. Convergence delta: sum of the "
                "attributions minus the change of the output between baseline and input (0 is exact).")

@@ -9,14 +9,13 @@ PAGE_SIZE = 6
 ANY = "any"
 
 st.title("Errors")
-runs = [run for run in support.find_results([ui.RESULTS_DIR], ui.list_checkpoints()) if run.predictions_file]
+runs = [run for run in ui.list_results() if run.predictions_file]
 if not runs:
     st.info("No evaluation run with a predictions.csv yet: training writes one to results/<dataset>/.")
     st.stop()
 
 names = [run.name for run in runs]
-if st.session_state.get("errors_run") not in names:
-    st.session_state["errors_run"] = names[0]
+ui.valid_choice("errors_run", names)
 run = runs[names.index(st.selectbox("Evaluation run", names, key="errors_run"))]
 records = support.load_predictions(run)
 wrong = support.misclassified(records)
@@ -26,6 +25,8 @@ if wrong:
     st.dataframe(support.error_counts(records), hide_index=True, key="error_counts")
 
 labels = run.labels
+ui.valid_choice("errors_true", [ANY] + labels)
+ui.valid_choice("errors_pred", [ANY] + labels)
 c1, c2 = st.columns(2)
 true_label = c1.selectbox("True class", [ANY] + labels, key="errors_true")
 predicted_label = c2.selectbox("Predicted class", [ANY] + labels, key="errors_pred")

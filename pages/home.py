@@ -20,7 +20,7 @@ st.markdown(
 st.header("Checkpoint")
 entries = ui.list_checkpoints()
 if not entries:
-    st.warning(f"No checkpoint under {ui.CHECKPOINTS_DIR}. Rebuild the demo one with "
+    st.warning(f"No checkpoint under {ui.checkpoints_dir()}. Rebuild the demo one with "
                f"`python scripts/make_demo_checkpoint.py`, or train one with `{ui.TRAIN_COMMAND}`.")
     st.stop()
 

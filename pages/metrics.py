@@ -12,7 +12,7 @@ PERCENT = {m: st.column_config.NumberColumn(m, format="%.2f") for m in
            (*support.HEADLINE_METRICS, "precision", "recall", "f1")}
 
 st.title("Metrics")
-runs = support.find_results([ui.RESULTS_DIR], ui.list_checkpoints())
+runs = ui.list_results()
 if not runs:
     st.info(f"No results yet: training writes them to results/<dataset>/ (e.g. `{ui.TRAIN_COMMAND}`).")
     st.stop()
@@ -30,6 +30,7 @@ shown = per_class.dropna(subset=[metric])
 figure = px.bar(shown, x="class", y=metric, color="run", barmode="group", facet_col="dataset",
                 text_auto=".1f", height=380)
 figure.update_xaxes(matches=None)
+figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))  # "dataset=hfm" -> "hfm"
 figure.update_layout(margin=dict(t=40, b=20), yaxis_title=f"{metric} (%)")
 st.plotly_chart(figure, key="per_class_chart")
 with st.expander("Per-class table"):
@@ -38,7 +39,8 @@ with st.expander("Per-class table"):
 st.header("Confusion matrices")
 matrices = [(run, support.confusion_matrix(run)) for run in runs]
 matrices = [(run, m) for run, m in matrices if m is not None]
-for column, (run, (labels, matrix)) in zip(st.columns(max(len(matrices), 1)), matrices):
+# At least three columns, so that one run's matrix does not fill the page.
+for column, (run, (labels, matrix)) in zip(st.columns(max(len(matrices), 3)), matrices):
     heat = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix,
                                 texttemplate="%{text}", showscale=False))
     heat.update_layout(title=run.name, xaxis_title="predicted", yaxis_title="true", height=340,

@@ -13,6 +13,7 @@ Exit status: 0 done, 1 training failed (e.g. the loss became NaN), 2 bad argumen
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(exc))
     except TrainingError as exc:
         fail(str(exc), EXIT_FAILED)
-    print(f"best checkpoint: {result.best_dir}\nresults: {result.results_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"best checkpoint: {result.best_dir}\nresults: {result.results_dir}")
     return 0
 
 

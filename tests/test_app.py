@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 import zipfile
 
 import pandas as pd
@@ -41,7 +43,8 @@ def frame(at: AppTest, *columns: str, exclude: tuple[str, ...] = ()) -> pd.DataF
     """The table holding these columns and not `exclude` (st.dataframe keys do not reach AppTest)."""
     matches = [d.value for d in at.dataframe
                if set(columns) <= set(d.value.columns) and not set(exclude) & set(d.value.columns)]
-    assert len(matches) == 1, f"{len(matches)} tables with columns {columns}: {[list(d.value.columns) for d in at.dataframe]}"
+    shown = [list(d.value.columns) for d in at.dataframe]
+    assert len(matches) == 1, f"{len(matches)} tables with columns {columns}; tables: {shown}"
     return matches[0]
 
 
@@ -75,6 +78,58 @@ def test_home_opens_on_the_demo_with_its_banner(app):
     assert app.selectbox(key="checkpoint_picker").value == str(DEMO_CHECKPOINT)
     assert "Device in use:" in texts(app.markdown) and "`cpu`" in texts(app.markdown)
     assert "demo" in texts(app.sidebar.markdown)
+
+
+def test_the_checkpoint_picked_on_home_is_used_by_every_page(tmp_path, monkeypatch):
+    require_demo()
+    root = tmp_path / "checkpoints"
+    shutil.copytree(DEMO_CHECKPOINT, root / "demo")
+    trained = root / "clara_mvsa_single_best"
+    shutil.copytree(DEMO_CHECKPOINT, trained, ignore=shutil.ignore_patterns("results"))
+    info = json.loads((trained / "config.json").read_text())
+    info["source"] = {"kind": "clara"}  # as if trained by scripts/train.py
+    (trained / "config.json").write_text(json.dumps(info))
+    monkeypatch.setenv("CLARA_CHECKPOINTS_DIR", str(root))
+    monkeypatch.setenv("CLARA_RESULTS_DIR", str(tmp_path / "results"))
+
+    at = check(AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run())
+    table = frame(at, "checkpoint", "encoders")
+    assert list(table["checkpoint"]) == ["demo", "clara_mvsa_single_best"]
+    assert list(table["source"]) == ["demo (synthetic data)", "trained"]
+    assert at.selectbox(key="checkpoint_picker").value == str(root / "demo")
+    check(at.selectbox(key="checkpoint_picker").set_value(str(trained)).run())
+    assert "You are using the demo checkpoint" not in texts(at.info)
+    assert f"**Folder:** `{trained.resolve()}`" in texts(at.markdown)
+    at = predict_example(at, 0)
+    assert at.metric[0].value == examples()[0].label
+    assert at.session_state["checkpoint_path"] == str(trained)  # still the one picked, on another page
+    assert "You are using the demo checkpoint" not in texts(at.info)
+    # (AppTest drops the sidebar's elements on reruns, so the sidebar is checked in the browser test)
+
+
+def test_a_pooled_fusion_checkpoint_says_it_has_no_attention_maps(tmp_path, monkeypatch):
+    """Checkpoints imported from the notebooks fuse pooled vectors: no token-to-patch attention."""
+    require_demo()
+    from clara.checkpoint import save_checkpoint
+    from clara.config import get_preset
+    from clara.model import create_model
+
+    cfg = get_preset("mvsa_single").override({"model.encoders": "tiny", "model.fusion": "pooled",
+                                              "model.hidden_dim": "64", "model.fusion_heads": "4"})
+    model, tokenizer = create_model(cfg)
+    pooled = save_checkpoint(tmp_path / "checkpoints" / "notebook_mvsa_single", model, tokenizer, cfg,
+                             extra={"source": {"kind": "notebook", "file": "mvsa_single.pt"}})
+    monkeypatch.setenv("CLARA_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("CLARA_RESULTS_DIR", str(tmp_path / "results"))
+
+    at = check(AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run())
+    table = frame(at, "checkpoint", "encoders")
+    assert list(table["source"]) == ["imported notebook"] and list(table["fusion"]) == ["pooled"]
+    assert at.session_state["checkpoint_path"] == str(pooled)
+    at = open_page(at, "attention")
+    assert "fuses pooled vectors" in texts(at.info)
+    at = open_page(at, "metrics")
+    assert "No results yet" in texts(at.info)
 
 
 # ----------------------------------------------------------------------------- predict

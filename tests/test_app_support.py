@@ -161,8 +161,10 @@ def test_checkpoint_listing_reads_results_and_flags_unusable_folders(tmp_path):
     (root / ".clara_hfm_best.tmp-123" / "config.json").write_text("{}")
     results = tmp_path / "results" / "hfm"
     results.mkdir(parents=True)
+    # the training loop records the checkpoint relative to its output folder (here tmp_path)
     (results / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "f1_weighted": 0.25, "f1_macro": 0.2,
-                                                      "checkpoint": str(trained)}))
+                                                      "dataset": "hfm",
+                                                      "checkpoint": "checkpoints/clara_hfm_best"}))
 
     entries = support.find_checkpoints(root, results_roots=[tmp_path / "results"])
     assert sorted(e.name for e in entries) == ["clara_hfm_best", "group/broken"]
@@ -172,6 +174,9 @@ def test_checkpoint_listing_reads_results_and_flags_unusable_folders(tmp_path):
     assert by_name["clara_hfm_best"].metrics_split == "test"
     assert not by_name["group/broken"].usable
     assert "cannot read config.json" in by_name["group/broken"].problem
+    [run] = support.find_results([tmp_path / "results"], entries)
+    assert (run.name, run.dataset, run.checkpoint) == ("results/hfm", "hfm", tmp_path / "checkpoints" / "clara_hfm_best")
+    assert run.labels == ["not_sarcastic", "sarcastic"]
 
 
 def demo_run() -> support.RunResults:

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CLARA_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CLARA_CHROMEDRIVER", "/usr/bin/chromedriver")
 WINDOW = (1280, 1500)
+WRITE_SCREENSHOTS = bool(os.environ.get("CLARA_SCREENSHOTS"))
 START_TIMEOUT = 90
 STEP_TIMEOUT = 120
 
@@ -94,7 +95,7 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("CLARA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder = Path(os.environ["CLARA_SCREENSHOTS"]) if WRITE_SCREENSHOTS else tmp_path_factory.mktemp("screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -142,25 +143,22 @@ def go_to(driver, page: str, ready_text: str) -> None:
     wait_until_idle(driver)
 
 
-def screenshot(driver, folder: Path, name: str, show_heading: str | None = None) -> Path:
-    """Save the viewport, palette-quantised to keep the PNG small: scrolled to the top, or so that
-    the heading starting with `show_heading` sits in the lower part of the picture."""
+def screenshot(driver, folder: Path, name: str, height: int | None = None) -> Path:
+    """Save the page from the top, palette-quantised to keep the PNG small; `height` makes the window
+    that tall for this picture (Streamlit scrolls inside the page, so a tall window shows more)."""
     from PIL import Image
 
-    if show_heading is None:
-        driver.execute_script("document.querySelectorAll('section, [data-testid=\"stMain\"]')"
-                              ".forEach(e => e.scrollTo(0, 0)); window.scrollTo(0, 0);")
-    else:
-        driver.execute_script(
-            "const h = [...document.querySelectorAll('h1, h2, h3')].find(e => e.textContent.startsWith(arguments[0]));"
-            "h.scrollIntoView({block: 'start'});"
-            "const main = document.querySelector('[data-testid=\"stMain\"]');"
-            "if (main) { main.scrollBy(0, -arguments[1]); } window.scrollBy(0, -arguments[1]);",
-            show_heading, WINDOW[1] // 2)
+    if height:
+        driver.set_window_size(WINDOW[0], height)
+        wait_until_idle(driver)
+    driver.execute_script("document.querySelectorAll('section, [data-testid=\"stMain\"]')"
+                          ".forEach(e => e.scrollTo(0, 0)); window.scrollTo(0, 0);")
     time.sleep(0.5)
     path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
     Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    if height:
+        driver.set_window_size(*WINDOW)
     return path
 
 
@@ -185,7 +183,9 @@ def test_predict_an_example_in_a_real_browser(server, browser, shots, tmp_path):
     values = [v.text for v in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
     assert values[0] == example.label
     assert "The verification head" in body_text(browser)
-    screenshot(browser, shots, "predict", show_heading="Prediction:")
+    sidebar = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text
+    assert "Checkpoint in use" in sidebar and "demo" in sidebar
+    screenshot(browser, shots, "predict", height=2300)
 
     # a real upload through the browser's file input: a text file named .png is refused on the page
     bad = tmp_path / "notes.png"
@@ -208,16 +208,17 @@ def test_every_main_page_renders_in_a_real_browser(server, browser, shots):
     wait_for_text(browser, "Prediction:")
     wait_until_idle(browser)
     go_to(browser, "attention", "Raw attention beside relevancy")
-    screenshot(browser, shots, "attention")
+    screenshot(browser, shots, "attention", height=2000)
 
     go_to(browser, "attributions", "Compute attributions")
-    click_button(browser, "Compute attributions")
-    wait_for_text(browser, "Deletion curves")
-    wait_until_idle(browser)
-    screenshot(browser, shots, "attributions")
+    if WRITE_SCREENSHOTS:  # computing takes a while; AppTest covers it, the README shows it
+        click_button(browser, "Compute attributions")
+        wait_for_text(browser, "Deletion curves")
+        wait_until_idle(browser)
+        screenshot(browser, shots, "attributions", height=2300)
 
     go_to(browser, "metrics", "Confusion matrices")
-    screenshot(browser, shots, "metrics")
+    screenshot(browser, shots, "metrics", height=2300)
     go_to(browser, "errors", "test posts are misclassified")
     screenshot(browser, shots, "errors")
     go_to(browser, "batch", "Batch prediction")

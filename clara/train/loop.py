@@ -122,8 +122,8 @@ def train(cfg: Config, progress: bool = True) -> TrainResult:
     labels = list(cfg.labels)
     # cpu=True on a machine without a GPU is what makes several processes (torchrun, or
     # `accelerate launch --multi_gpu`) form a gloo group instead of each training alone.
-    # find_unused_parameters: the uncertainty head is not in the loss, and train-time ablations
-    # skip an encoder or a head, so some trainable parameters get no gradient in a step.
+    # find_unused_parameters: train-time ablations skip an encoder or a head, and a preset whose
+    # loss weights are overridden to 0 may leave a head without gradient (DDP would hang on it).
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(tcfg.mixed_precision),
                               gradient_accumulation_steps=tcfg.grad_accum_steps,
                               cpu=not torch.cuda.is_available(),
@@ -323,6 +323,11 @@ def _train_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: An
         with accelerator.accumulate(model):
             out = model(**{key: batch[key] for key in MODEL_INPUTS})
             loss, parts = clara_loss(out, batch["labels"], weights, tcfg)
+            if accelerator.num_processes > 1 and out.uncertainty is not None:
+                # DDP (find_unused_parameters) counts every parameter that reaches an output as
+                # used, and waits for its gradient; the uncertainty head is reported, not trained,
+                # so it gets an explicit zero-weight term.
+                loss = loss + 0.0 * out.uncertainty.float().sum()
             # Checked before backward, so a bad value never reaches the weights.
             check_finite(loss.detach(), "loss", optimizer_steps + 1)
             accelerator.backward(loss)

@@ -891,7 +891,10 @@ def _batch_image_bytes(ref: str, archive: dict[str, Any] | None, images_dir: str
     if images_dir is None:
         raise AppInputError(f"{ref!r} is not in the uploaded ZIP." if archive is not None
                             else "Upload a ZIP with the images, or give an images folder.")
-    path = Path(images_dir).expanduser() / ref
+    folder = Path(images_dir).expanduser().resolve()
+    path = (folder / ref).resolve()
+    if not path.is_relative_to(folder):  # "../x.jpg" or "/etc/x": only files inside the folder
+        raise AppInputError(f"{ref!r} points outside the images folder {folder}.")
     if not path.is_file():
         raise AppInputError(f"{ref!r} is not in the ZIP and {path} is not a file.")
     if path.stat().st_size > MAX_IMAGE_UPLOAD_BYTES:

@@ -17,7 +17,7 @@ for key, default in ((ui.POST_TEXT, ""), (ui.IMAGE_TEXT, ""), (ui.TEXT_SOURCE, s
     st.session_state.setdefault(key, default)
 
 
-def _set_image(data: bytes, name: str, post_text: str | None) -> None:
+def _set_image(data: bytes | None, name: str, post_text: str | None) -> None:
     st.session_state[ui.IMAGE_BYTES] = data
     st.session_state[ui.IMAGE_NAME] = name
     st.session_state[ui.IMAGE_TEXT] = ""
@@ -30,12 +30,16 @@ def _set_image(data: bytes, name: str, post_text: str | None) -> None:
 
 def _use_example(example: support.Example) -> None:
     _set_image(example.image_path.read_bytes(), example.name, example.text)
+    st.session_state["image_from_upload"] = False
 
 
 def _use_upload() -> None:
     upload = st.session_state.get("upload")
     if upload is not None:  # read in memory; the name is only shown, never used as a path
         _set_image(upload.getvalue(), support.safe_display_name(upload.name), None)
+        st.session_state["image_from_upload"] = True
+    elif st.session_state.get("image_from_upload"):  # the upload was removed: so is its image
+        _set_image(None, "", None)
 
 
 examples = support.load_examples(ui.EXAMPLES_DIR)
@@ -128,7 +132,8 @@ if result and result["checkpoint"] == checkpoint and result["image_key"] == imag
     c1.metric("Predicted label", prediction.label)
     c2.metric("Probability", f"{probs[prediction.label]:.1%}")
     c3.metric("Uncertainty", f"{float(prediction.uncertainty):.3f}",
-              help="The model's uncertainty estimate (0 = sure, 1 = unsure); reported, not used in the label.")
+              help="The uncertainty head's output in [0, 1]. As in the published model, no loss trains this head "
+                   "(MVSA-Multiple checkpoints report the normalised entropy instead): read it as indicative only.")
     if prediction.text_truncated:
         st.warning("The text is longer than the model reads: only its first tokens were used.")
     chart, table = st.columns([1, 2])
@@ -140,8 +145,11 @@ if result and result["checkpoint"] == checkpoint and result["image_key"] == imag
     views = support.prediction_views(prediction, labels)
     table.markdown("**What each head and each modality says**")
     table.dataframe(views, hide_index=True, key="views_table",
-                    column_config={label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
-                                                                          format="%.3f") for label in labels})
+                    column_order=["view", "says", "agrees with final", *labels],
+                    column_config={"agrees with final": st.column_config.CheckboxColumn("agrees", width="small"),
+                                   **{label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
+                                                                             format="%.3f") for label in labels}})
+    table.caption("; ".join(f"{v['view']}: {v['meaning']}" for v in views))
     for note in support.agreement_summary(views):
         table.markdown("- " + note)
     st.caption("Model input text: " + ui.escape_markdown(result["text"]))

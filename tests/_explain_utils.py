@@ -1,6 +1,8 @@
 """Helpers shared by the explanation tests: tiny predictors, a model-state fingerprint, images."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +47,23 @@ def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread per test process: on a 2-core machine shared with other processes,
-    two threads spin against each other and the many small forward passes of an explanation run
-    ~10x slower."""
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a 2-core machine shared with other processes, two threads spin
+    against each other and the many small forward passes of an explanation run ~10x slower."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Module-wide `single_torch_thread` (session fixtures set up earlier use it themselves)."""
+    with single_torch_thread():
+        yield
 
 
 def model_fingerprint(model: torch.nn.Module) -> dict:

@@ -193,6 +193,8 @@ def test_bad_uploads_show_a_message_not_a_traceback(app, case):
     check(at.button(key="predict").click().run())
     assert "This image cannot be used" in texts(at.warning)
     assert not at.metric  # nothing predicted
+    check(at.file_uploader(key="upload").clear().run())  # removing the upload removes its image and error
+    assert not at.error and "Choose an example or upload an image." in texts(at.info)
 
 
 @pytest.mark.parametrize("text, expected", [("", "The text is empty"),

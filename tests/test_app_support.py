@@ -313,6 +313,11 @@ def test_batch_csv_errors(tmp_path):
     assert item.error is None and item.image.size == (64, 48) and item.text == "hello"
     [item] = support.read_batch(b"image,text\na.png,hello\n")
     assert item.error == "Upload a ZIP with the images, or give an images folder."
+    inside = tmp_path / "images"
+    inside.mkdir()
+    for ref in ("../a.png", str(tmp_path / "a.png")):
+        [item] = support.read_batch(f"image,text\n{ref},hello\n".encode(), images_dir=inside)
+        assert item.error == f"{ref!r} points outside the images folder {inside.resolve()}."
 
 
 def test_word_highlighting_escapes_html():

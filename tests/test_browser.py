@@ -26,6 +26,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CLARA_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CLARA_CHROMEDRIVER", "/usr/bin/chromedriver")
 WINDOW = (1280, 1500)
+SIDEBAR_WIDTH = 320  # px of the screenshot taken by Streamlit's sidebar
 WRITE_SCREENSHOTS = bool(os.environ.get("CLARA_SCREENSHOTS"))
 START_TIMEOUT = 90
 STEP_TIMEOUT = 120
@@ -146,7 +147,7 @@ def go_to(driver, page: str, ready_text: str) -> None:
 def screenshot(driver, folder: Path, name: str, height: int | None = None) -> Path:
     """Save the page from the top, palette-quantised to keep the PNG small; `height` makes the window
     that tall for this picture (Streamlit scrolls inside the page, so a tall window shows more)."""
-    from PIL import Image
+    from PIL import Image, ImageChops
 
     if height:
         driver.set_window_size(WINDOW[0], height)
@@ -156,7 +157,13 @@ def screenshot(driver, folder: Path, name: str, height: int | None = None) -> Pa
     time.sleep(0.5)
     path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
-    Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    picture = Image.open(path).convert("RGB")
+    # Crop the empty page below the content (the sidebar runs the full height, so look right of it).
+    content = ImageChops.difference(picture, Image.new("RGB", picture.size, "white")).crop(
+        (SIDEBAR_WIDTH, 0, picture.width, picture.height)).getbbox()
+    if content is not None:
+        picture = picture.crop((0, 0, picture.width, min(picture.height, content[3] + 40)))
+    picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     if height:
         driver.set_window_size(*WINDOW)
     return path

@@ -59,15 +59,20 @@ def tiny_folders(tmp_path_factory) -> dict[str, Path]:
 # tiny encoders on a CPU; a 64-wide fusion makes every run here several times faster.
 SMALL_FUSION = {"model.hidden_dim": "64", "model.fusion_heads": "4"}
 SMALL_FUSION_ARGS = [arg for key, value in SMALL_FUSION.items() for arg in ("--set", f"{key}={value}")]
+# Tuned so the full model gets past the "one modality" plateau (~50 %) within the budget on
+# several data/training seeds (82-99 % test accuracy seen), while no single modality can exceed ~50 %.
 FUSION_SETTINGS = {
     **SMALL_FUSION,
     "model.encoders": "tiny",
-    "train.epochs": "5",
-    "train.patience": "5",
+    "model.fusion_dropout": "0",
+    "model.head_dropout": "0",
+    "train.epochs": "6",
+    "train.patience": "6",
     "train.batch_size": "16",
     "train.eval_batch_size": "128",
     "train.lr": "2e-3",
     "train.mixed_precision": "no",
+    "data.check_images": "false",  # clean synthetic data: skip the load-time decode of every image
 }
 
 

@@ -287,8 +287,9 @@ class AttentionMaps:
         return self.words.pool(self.image_to_text.mean(axis=1), axis=-1, reduce="sum")
 
     def _select(self, array: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
-        array = array if layer is None else array[layer:layer + 1]
-        array = array if head is None else array[:, head:head + 1]
+        # take(..., [i]) keeps the axis and accepts negative indices (array[-1:0] would be empty)
+        array = array if layer is None else np.take(array, [layer], axis=0)
+        array = array if head is None else np.take(array, [head], axis=1)
         return array.mean(axis=(0, 1))
 
     def text_to_image_map(self, layer: int | None = None, head: int | None = None,

@@ -420,7 +420,7 @@ def meme_ocr_variants(image: Image.Image) -> dict[str, Image.Image]:
 def _outlined_white_text(grey: Image.Image) -> Image.Image:
     """Near-white connected regions whose surroundings are mostly dark (a letter's fill inside its
     outline), black on a white page; bright background regions are dropped."""
-    from scipy import ndimage  # scikit-learn's dependency; only OCR needs it
+    from scipy import ndimage  # only OCR needs it
 
     pixels = np.asarray(grey)
     bright, dark = pixels >= OCR_WHITE, pixels <= OCR_DARK
@@ -950,9 +950,9 @@ def prob_dict(value: Any, labels: Sequence[str]) -> dict[str, float]:
     return {label: float(v) for label, v in zip(labels, values)}
 
 
-VIEWS = (("final", "probs", "CLARA (final, after feedback)"),
-         ("prediction head", "pred_probs", "prediction head"),
-         ("verification head", "verify_probs", "verification head"),
+VIEWS = (("final", "probs", "the label CLARA gives (after the feedback step)"),
+         ("prediction head", "pred_probs", "the prediction head before the feedback step"),
+         ("verification head", "verify_probs", "the second head, trained to agree with the first"),
          ("text only", "text_only_probs", "the model with the image removed"),
          ("image only", "image_only_probs", "the model with the text removed"))
 

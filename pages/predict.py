@@ -136,22 +136,23 @@ if result and result["checkpoint"] == checkpoint and result["image_key"] == imag
                    "(MVSA-Multiple checkpoints report the normalised entropy instead): read it as indicative only.")
     if prediction.text_truncated:
         st.warning("The text is longer than the model reads: only its first tokens were used.")
-    chart, table = st.columns([1, 2])
+    chart, notes = st.columns(2)
     figure = go.Figure(go.Bar(x=labels, y=[probs[label] for label in labels],
                               text=[f"{probs[label]:.1%}" for label in labels], textposition="auto",
                               marker_color=["#2ca02c" if label == prediction.label else "#9aa5b1" for label in labels]))
     figure.update_layout(yaxis=dict(range=[0, 1], title="probability"), height=300, margin=dict(t=20, b=20))
     chart.plotly_chart(figure, key="probability_chart")
     views = support.prediction_views(prediction, labels)
-    table.markdown("**What each head and each modality says**")
-    table.dataframe(views, hide_index=True, key="views_table",
-                    column_order=["view", "says", "agrees with final", *labels],
-                    column_config={"agrees with final": st.column_config.CheckboxColumn("agrees", width="small"),
-                                   **{label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
-                                                                             format="%.3f") for label in labels}})
-    table.caption("; ".join(f"{v['view']}: {v['meaning']}" for v in views))
+    notes.markdown("**Do the heads and the single modalities agree?**")
     for note in support.agreement_summary(views):
-        table.markdown("- " + note)
+        notes.markdown("- " + note)
+    st.markdown("**What each head and each modality says**")
+    st.dataframe(views, hide_index=True, key="views_table",
+                 column_order=["view", "says", "agrees with final", *labels, "meaning"],
+                 column_config={"meaning": st.column_config.TextColumn("meaning", width="large"),
+                                **{label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
+                                                                          format="%.3f", width="small")
+                                   for label in labels}})
     st.caption("Model input text: " + ui.escape_markdown(result["text"]))
     st.page_link("pages/attention.py", label="See the attention maps", icon=":material/visibility:")
     st.page_link("pages/attributions.py", label="See the attributions", icon=":material/functions:")

@@ -22,7 +22,8 @@ import numpy as np
 
 from clara.explain import METHODS, Explainer, Explanation, overlay
 
-OVERLAY_METHODS = ("attention", "relevancy", "image_ig", "occlusion")
+# |sum of attributions - (p(input) - p(baseline))| above this (in probability) is worth more steps
+LARGE_DELTA = 0.05
 
 
 def word_highlight_html(explanation: Explanation) -> str:
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("text_ig", "image_ig"):
         result = getattr(explanation, name)
         if result is not None:
-            print(f"{name}: convergence delta {result.convergence_delta:+.2e} ({result.n_steps} steps)")
+            hint = " - large: rerun with more --steps" if abs(result.convergence_delta) > LARGE_DELTA else ""
+            print(f"{name}: convergence delta {result.convergence_delta:+.2e} ({result.n_steps} steps){hint}")
     if explanation.modality_share is not None:
         share = explanation.modality_share
         print(f"modality share: text {share.text:.2f}, image {share.image:.2f} ({share.method})")

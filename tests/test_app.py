@@ -210,6 +210,15 @@ def test_empty_and_huge_texts_show_a_message(app, text, expected):
     assert not at.metric
 
 
+def test_a_long_text_is_predicted_with_a_truncation_warning(app):
+    at = open_page(app, "predict")
+    check(at.button(key="example_0").click().run())
+    at.text_area(key="post_text").set_value("love the park " * 300)  # 4,200 characters, ~900 tokens
+    check(at.button(key="predict").click().run())
+    assert at.metric[0].value in LABELS
+    assert "The text is longer than the model reads" in texts(at.warning)
+
+
 def test_predict_button_without_an_image_warns(app):
     at = open_page(app, "predict")
     check(at.button(key="predict").click().run())

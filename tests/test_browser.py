@@ -26,7 +26,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("CLARA_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CLARA_CHROMEDRIVER", "/usr/bin/chromedriver")
 WINDOW = (1280, 1500)
-SIDEBAR_WIDTH = 320  # px of the screenshot taken by Streamlit's sidebar
+SIDEBAR_WIDTH, SCROLLBAR_WIDTH = 320, 20  # px of the screenshot taken by the sidebar and the scroll bar
 WRITE_SCREENSHOTS = bool(os.environ.get("CLARA_SCREENSHOTS"))
 START_TIMEOUT = 90
 STEP_TIMEOUT = 120
@@ -159,8 +159,9 @@ def screenshot(driver, folder: Path, name: str, height: int | None = None) -> Pa
     driver.save_screenshot(str(path))
     picture = Image.open(path).convert("RGB")
     # Crop the empty page below the content (the sidebar runs the full height, so look right of it).
-    content = ImageChops.difference(picture, Image.new("RGB", picture.size, "white")).crop(
-        (SIDEBAR_WIDTH, 0, picture.width, picture.height)).getbbox()
+    difference = ImageChops.difference(picture, Image.new("RGB", picture.size, "white")).convert("L")
+    content = difference.crop((SIDEBAR_WIDTH, 0, picture.width - SCROLLBAR_WIDTH, picture.height)).point(
+        lambda v: 255 if v > 30 else 0).getbbox()  # ignore near-white shading
     if content is not None:
         picture = picture.crop((0, 0, picture.width, min(picture.height, content[3] + 40)))
     picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

@@ -11,6 +11,7 @@ LoRA naming (`base_layer`, `lora_A.default.weight`) did not change between those
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,10 @@ def _lora_clip(s: TinyEncoderSizes) -> CLIPVisionModel:
 def _lora_deberta(s: TinyEncoderSizes, unfreeze_last: bool):
     lora = LoraConfig(r=s.lora_r_text, lora_alpha=2 * s.lora_r_text, lora_dropout=0.10,
                       target_modules=["query_proj", "key_proj", "value_proj"])
-    text = get_peft_model(DebertaV2Model(deberta_config(s)), lora)  # keys `text.base_model.model.…`
+    with warnings.catch_warnings():
+        # peft asks transformers 5 a deprecated question (is_gradient_checkpointing); not ours to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        text = get_peft_model(DebertaV2Model(deberta_config(s)), lora)  # keys `text.base_model.model.…`
     if unfreeze_last:
         for p in text.base_model.model.encoder.layer[-1].parameters():
             p.requires_grad = True
@@ -166,6 +170,15 @@ class Uncertainty(nn.Module):
         return torch.sigmoid(self.net(x)).squeeze(-1)
 
 
+def _fuse_and_heads(model: nn.Module, pixel_values, input_ids, attention_mask):
+    """Both notebooks' common start: pooled vision, masked-mean text, fusion, pred/verify heads."""
+    v = model.vision(pixel_values)
+    t = _masked_mean(model.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                     attention_mask)
+    fused = model.fusion(v, t)
+    return fused, model.pred(fused), model.veri(fused)
+
+
 class NotebookCLARASingle(nn.Module):
     """The MVSA-Single / HFM notebook model."""
 
@@ -181,11 +194,7 @@ class NotebookCLARASingle(nn.Module):
         _randomise_lora_b(self, seed=1)
 
     def forward(self, pixel_values, input_ids, attention_mask) -> dict[str, torch.Tensor]:
-        v = self.vision(pixel_values)
-        t = _masked_mean(self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
-                         attention_mask)
-        fused = self.fusion(v, t)
-        pred_logits, verify_logits = self.pred(fused), self.veri(fused)
+        fused, pred_logits, verify_logits = _fuse_and_heads(self, pixel_values, input_ids, attention_mask)
         delta = F.softmax(verify_logits, -1) - F.softmax(pred_logits, -1)
         refined = self.feed(torch.cat([fused, delta], dim=-1))
         return {"logits": self.pred(refined), "pred_logits": pred_logits, "verify_logits": verify_logits,
@@ -242,11 +251,7 @@ class NotebookCLARAMultiple(nn.Module):
         _randomise_lora_b(self, seed=2)
 
     def forward(self, pixel_values, input_ids, attention_mask) -> dict[str, torch.Tensor]:
-        v = self.vision(pixel_values)
-        t = _masked_mean(self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
-                         attention_mask)
-        fused = self.fusion(v, t)
-        pred_logits, verify_logits = self.pred(fused), self.veri(fused)
+        fused, pred_logits, verify_logits = _fuse_and_heads(self, pixel_values, input_ids, attention_mask)
         p_pred = F.softmax(pred_logits.detach() / self.temperature, -1)
         p_verify = F.softmax(verify_logits.detach() / self.temperature, -1)
         refined = self.feed(torch.cat([fused, p_verify - p_pred], dim=-1))

@@ -227,6 +227,15 @@ def _add_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets: tup
         raise EncoderError(f"LoRA targets {field}={list(targets)} do not fit {type(model).__name__}: {exc}") from exc
 
 
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward (the notebooks' memory saver); transformers 5 renamed
+    gradient to activation checkpointing and warns on the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_vision_encoder(cfg: ModelConfig) -> VisionTower:
     """CLIP vision tower, frozen, with LoRA on `cfg.vision_lora_targets`."""
     _check_source(cfg)
@@ -242,7 +251,7 @@ def build_vision_encoder(cfg: ModelConfig) -> VisionTower:
     backbone = _add_lora(backbone, cfg.vision_lora_r, cfg.vision_lora_alpha, cfg.vision_lora_dropout,
                          cfg.vision_lora_targets, "model.vision_lora_targets", wrap=False)
     if cfg.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(backbone)
     return VisionTower(backbone)
 
 
@@ -274,7 +283,7 @@ def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | No
                      "model.text_lora_targets", wrap=True)
     _unfreeze_last_layers(base, cfg.unfreeze_last_text_layers)
     if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(base)
     return text
 
 

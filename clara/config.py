@@ -42,7 +42,6 @@ class DataConfig:
     split_seed: int = 42
     max_text_length: int = 128
     pad_to_max_length: bool = False  # the notebooks pad to 128; we pad to the longest in the batch
-    image_size: int = 224
     check_images: bool = True  # decode every image once at load time; unreadable ones are skipped
 
 

@@ -869,18 +869,30 @@ def _open_zip(zip_data: bytes) -> dict[str, zipfile.ZipInfo | zipfile.ZipFile]:
         raise AppInputError(f"The ZIP unpacks to more than {MAX_ZIP_TOTAL_BYTES // 2**20} MB; send fewer images.")
     index: dict[str, Any] = {"": archive}
     for member in members:
-        name = member.filename.replace("\\", "/")
-        index.setdefault("path:" + name.lstrip("./"), member)
-        index.setdefault("name:" + name.rsplit("/", 1)[-1], member)
+        key = _zip_key(member.filename)
+        index.setdefault("path:" + key, member)
+        index.setdefault("name:" + key.rsplit("/", 1)[-1], []).append(member)
     return index
+
+
+def _zip_key(name: str) -> str:
+    """A ZIP member name or CSV reference as a lookup key: "/", "." and ".." parts dropped. Only ever a
+    dictionary key: members are read in memory, never extracted, so no name can reach the file system."""
+    return "/".join(part for part in name.replace("\\", "/").split("/") if part not in ("", ".", ".."))
 
 
 def _batch_image_bytes(ref: str, archive: dict[str, Any] | None, images_dir: str | Path | None) -> bytes:
     if not ref:
         raise AppInputError("No image given in this row.")
     if archive is not None:
-        key = ref.replace("\\", "/").lstrip("./")
-        member = archive.get("path:" + key) or archive.get("name:" + key.rsplit("/", 1)[-1])
+        key = _zip_key(ref)
+        member = archive.get("path:" + key)
+        if member is None:  # by file name alone, only when exactly one member has it (never a guess)
+            same_name = archive.get("name:" + key.rsplit("/", 1)[-1], [])
+            if len(same_name) > 1:
+                raise AppInputError(f"{ref!r} matches {len(same_name)} files in the ZIP "
+                                    f"({', '.join(m.filename for m in same_name[:3])}); give its path inside the ZIP.")
+            member = same_name[0] if same_name else None
         if member is not None:
             if member.file_size > MAX_ZIP_MEMBER_BYTES:
                 raise AppInputError(f"{member.filename} in the ZIP is over {MAX_ZIP_MEMBER_BYTES // 2**20} MB.")

@@ -345,6 +345,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, dataset: str, data_dir: str 
     from clara.checkpoint import load_checkpoint, read_checkpoint_info
     from clara.data import CLARADataset, Collator, ImageTransform, load_dataset
     from clara.data.types import SPLITS
+    from clara.inference import truncated_texts
 
     info = read_checkpoint_info(checkpoint_dir)
     if info.get("dataset") != dataset:
@@ -384,7 +385,12 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, dataset: str, data_dir: str 
     if val is not None:
         metrics["calibration"] = calibration_report(val, result, cfg.train.selection_metric)
     metrics.update({"dataset": dataset, "split": split, "protocol": data.protocol,
-                    "checkpoint": str(checkpoint_dir), "params": info.get("params")})
+                    "checkpoint": str(checkpoint_dir), "params": info.get("params"),
+                    # posts of the whole folder left out by the loader, per reason (never silently)
+                    "skipped": data.skipped.as_dict(),
+                    # texts of the split longer than the model reads (cut, as in training)
+                    "truncated_texts": sum(truncated_texts(loaded.tokenizer, [s.text for s in data.splits[split]],
+                                                           cfg.data.max_text_length))})
     if results_dir is not None:
         history = json.loads((Path(info["path"]) / "history.json").read_text(encoding="utf-8")) \
             if (Path(info["path"]) / "history.json").is_file() else []

@@ -12,26 +12,17 @@ folder or a dataset the checkpoint was not trained on.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from clara.cli import OneLineParser, report_error
 from clara.config import DATASETS
-
-EXIT_USAGE = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"evaluate.py: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
 
 
 def _fail(message: str) -> int:
-    print(f"evaluate.py: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return report_error("evaluate.py", message)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -63,7 +54,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser("evaluate.py", __doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder")
     parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
     parser.add_argument("--data-dir", required=True, type=Path, help="the dataset folder in its raw format")
@@ -91,8 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
 
+    from clara.paths import OutputPathError, check_writable_file, check_writable_folder
+
+    try:  # before evaluating, not after
+        if args.out is not None:
+            check_writable_file(args.out, "--out")
+        if args.results_dir is not None:
+            check_writable_folder(args.results_dir, "--results-dir")
+    except OutputPathError as exc:
+        return _fail(str(exc))
+
     from clara.checkpoint import CheckpointError, parse_overrides, read_checkpoint_info
-    from clara.data import DatasetError
+    from clara.data import DatasetError, ImageError
     from clara.evaluate import EvaluationError, evaluate_checkpoint
 
     try:
@@ -113,7 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--data-dir {args.data_dir}: {exc}")
     except EvaluationError as exc:
         return _fail(str(exc))
+    except ImageError as exc:  # only with data.check_images=false: the split keeps undecodable images
+        return _fail(f"{exc}; the checkpoint was trained with data.check_images=false, so its splits keep "
+                     "undecodable images: replace or remove that file")
 
+    skipped = metrics.get("skipped") or {}
+    if skipped:  # on stderr, so --json output stays one object
+        reasons = ", ".join(f"{reason} {count}" for reason, count in skipped.items())
+        print(f"evaluate.py: {sum(skipped.values())} post(s) of {args.data_dir} skipped ({reasons}); "
+              "see scripts/data_summary.py for examples", file=sys.stderr)
+    if metrics.get("truncated_texts"):
+        print(f"evaluate.py: {metrics['truncated_texts']} of {metrics.get('n')} texts are longer than the model "
+              "reads (data.max_text_length tokens) and were truncated, as in training", file=sys.stderr)
     text = json.dumps(metrics, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

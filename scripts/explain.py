@@ -12,7 +12,6 @@ with status 2 and one line saying what to fix.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clara.cli import OneLineParser, report_error
 from clara.explain import METHODS, Explainer, Explanation, overlay
 
 # |sum of attributions - (p(input) - p(baseline))| above this (in probability) is worth more steps
@@ -48,12 +48,11 @@ def word_highlight_html(explanation: Explanation) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"explain.py: error: {message}", file=sys.stderr)
-    return 2
+    return report_error("explain.py", message)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser("explain.py", __doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (config.json, weights)")
     parser.add_argument("--image", required=True, type=Path, help="image file of the post")
     parser.add_argument("--text", required=True, help="text of the post")
@@ -79,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"checkpoint folder {args.checkpoint} does not exist")
     if args.out.exists() and not args.out.is_dir():
         return _fail(f"--out {args.out} exists and is not a folder")
+    from clara.paths import OutputPathError, check_writable_folder
+
+    try:  # before the (slow) explanation, not after it
+        check_writable_folder(args.out, "--out")
+    except OutputPathError as exc:
+        return _fail(str(exc))
 
     from clara.data.images import ImageError, open_image
     from clara.inference import Predictor

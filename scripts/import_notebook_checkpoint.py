@@ -34,29 +34,15 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from clara.cli import OneLineParser, report_error
 from clara.config import DATASETS
 
-EXIT_USAGE = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line on stderr (no usage dump), exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see --help)")
-
-
 def fail(message: str, details: list[str] | None = None) -> NoReturn:
-    print(f"import_notebook_checkpoint.py: error: {' '.join(message.split())}", file=sys.stderr)
-    for line in details or []:
-        print(line, file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    sys.exit(report_error("import_notebook_checkpoint.py", message, details or ()))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = OneLineParser("import_notebook_checkpoint.py", __doc__)
     parser.add_argument("--pt", type=Path, required=True, help="the notebook's .pt file")
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="the benchmark it was trained on")
     parser.add_argument("--out", type=Path, required=True, help="the checkpoint folder to write (must not exist)")

@@ -18,21 +18,15 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-EXIT_USAGE = 2
+from clara.cli import OneLineParser, report_error
+
 CSV_COLUMNS = ("image", "text")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"predict.py: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
 def _fail(message: str) -> int:
-    print(f"predict.py: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return EXIT_USAGE
+    return report_error("predict.py", message)
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
@@ -135,7 +129,7 @@ def predict_csv(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser("predict.py", __doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder")
     parser.add_argument("--image", type=Path, help="image file of one post")
     parser.add_argument("--text", help="text of one post (may be empty)")
@@ -163,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint.is_dir():
         return _fail(f"checkpoint folder {args.checkpoint} does not exist")
     from clara.checkpoint import parse_overrides
+    from clara.paths import OutputPathError, check_writable_file
+
+    try:
+        if batch:  # checked before the model loads and the rows are predicted
+            check_writable_file(args.out, "--out")
+    except OutputPathError as exc:
+        return _fail(str(exc))
 
     try:
         args.overrides = parse_overrides(args.assignments)

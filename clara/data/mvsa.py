@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..config import LABELS
 from .images import ImageFolderIndex
-from .types import DatasetError, Sample, SkipReport
+from .types import DatasetError, Sample, SkipReport, read_without_bom
 
 LABEL_FILE = "labelResultAll.txt"
 MVSA_LABELS = LABELS["mvsa_single"]
@@ -76,15 +76,19 @@ def normalize_text(text: str) -> str:
 
 def read_lines(path: Path) -> list[tuple[int, bytes]]:
     """(1-based line number, bytes without line ending) for every line; CRLF, LF or CR endings."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
-    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    raw = read_without_bom(path)
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise DatasetError(f"{path} is UTF-16 text; save it as UTF-8 and load again")
     return list(enumerate(raw.splitlines(), start=1))
+
+
+def _seen_before(post_id: str, seen: set[str], skip: SkipFn, example: str) -> bool:
+    """Record `post_id`; a repeat is skipped as duplicate_id (the first line of an id wins)."""
+    if post_id in seen:
+        skip("duplicate_id", example, None)
+        return True
+    seen.add(post_id)
+    return False
 
 
 def line_example(path: Path, line_number: int, line: str | bytes, problem: str = "") -> str:
@@ -195,10 +199,8 @@ def _load_raw(dataset: str, label_file: Path, lines: list[tuple[int, bytes]], fo
         if problem:
             skip("malformed_line", line_example(label_file, line_number, line, problem), None)
             continue
-        if post_id in seen:
-            skip("duplicate_id", line_example(label_file, line_number, line), None)
+        if _seen_before(post_id, seen, skip, line_example(label_file, line_number, line)):
             continue
-        seen.add(post_id)
         text_labels, image_labels = [p[0] for p in parsed], [p[1] for p in parsed]
         label, reason = resolve_label(text_labels, image_labels, protocol)
         if reason is not None:
@@ -293,10 +295,8 @@ def _load_simplified(label_file: Path, lines: list[tuple[int, bytes]], folder: P
             problem = "expected 'id | label | text' with label positive, neutral or negative"
             skip("malformed_line", line_example(label_file, line_number, raw_line, problem), None)
             continue
-        if post_id in seen:
-            skip("duplicate_id", line_example(label_file, line_number, raw_line), None)
+        if _seen_before(post_id, seen, skip, line_example(label_file, line_number, raw_line)):
             continue
-        seen.add(post_id)
         image_path = images.find(post_id)
         if image_path is None:
             skip("missing_image", post_id, post_id)

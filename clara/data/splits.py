@@ -28,7 +28,6 @@ ids the file lists that were not loaded are reported ("splits_file_id_not_loaded
 """
 from __future__ import annotations
 
-import codecs
 import json
 import random
 from collections import defaultdict
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from .types import SPLITS, DatasetError, Sample, SkipReport
+from .types import SPLITS, DatasetError, Sample, SkipReport, read_without_bom
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "valid": "val", "validation": "val",
                  "test": "test"}
@@ -98,12 +97,7 @@ def stratified_split(samples: list[Sample], rule: SplitRule | str, seed: int = 4
 def read_splits_file(path: str | Path) -> dict[str, str]:
     """Read a JSON or TSV split file (formats in the module docstring); return id -> split."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read splits file {path}: {exc.strerror or exc}") from None
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+    raw = read_without_bom(path, "splits file ")
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

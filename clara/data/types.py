@@ -1,6 +1,7 @@
 """Typed records shared by every dataset format."""
 from __future__ import annotations
 
+import codecs
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,15 @@ MAX_EXAMPLES_PER_REASON = 5
 
 class DatasetError(ValueError):
     """A dataset folder or file that cannot be used at all; the message says what was expected."""
+
+
+def read_without_bom(path: Path, what: str = "") -> bytes:
+    """A text file's bytes without a UTF-8 byte-order mark; DatasetError naming it if unreadable."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {what}{path}: {exc.strerror or exc}") from None
+    return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
 
 
 @dataclass

@@ -11,6 +11,10 @@ A checkpoint is a folder:
     tokenizer/         tokenizer.save_pretrained output
     metrics.json       when given (e.g. the epoch's val metrics)
     history.json       when given (per-epoch training history)
+    training_state.safetensors + training_state.json
+                       when given (the `last` checkpoint of a run): what `--resume` needs beyond
+                       the weights - optimizer tensors in safetensors, everything else in JSON
+                       (clara/train/resume.py), so resuming never unpickles anything
 
 Saving writes a temporary folder beside the target, fsyncs it, then swaps it in (an atomic
 exchange where the OS offers one, else rename-aside / rename-in / delete-old), so a kill at any
@@ -47,6 +51,8 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
+TRAINING_STATE_TENSORS = "training_state.safetensors"
+TRAINING_STATE_JSON = "training_state.json"
 CONFIG_FIELDS = {"config", "labels", "dataset", "protocol", "encoders", "image", "params", "versions",
                  "git_commit", "created", "format_version", "weights", "source", "extra"}
 # Sibling folders used while saving: .<name>.tmp-<hex> (being written), .<name>.old-<hex> (the
@@ -121,8 +127,12 @@ def stored_state(model: nn.Module, mode: str) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(out_dir: str | Path, model: nn.Module, tokenizer: Any, cfg: Config, *,
                     metrics: Mapping[str, Any] | None = None, history: list[dict[str, Any]] | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None,
+                    training_state: tuple[Mapping[str, torch.Tensor], Mapping[str, Any]] | None = None) -> Path:
     """Write `model`, `tokenizer` and `cfg` as a checkpoint folder at `out_dir`, atomically.
+
+    `training_state` (tensors, JSON payload) is written into the same folder, so the weights
+    and the state a resumed run continues from are swapped in together (read_training_state).
 
     `extra["source"]`, when given, is recorded as config.json's "source" (e.g. an imported
     notebook file); other `extra` entries go to config.json's "extra". An existing folder at
@@ -149,6 +159,11 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, tokenizer: Any, cfg: 
             _write_json(tmp / METRICS_FILE, metrics)
         if history is not None:
             _write_json(tmp / HISTORY_FILE, history)
+        if training_state is not None:
+            state_tensors, state_payload = training_state
+            save_file({key: tensor.detach().to("cpu").contiguous() for key, tensor in state_tensors.items()},
+                      str(tmp / TRAINING_STATE_TENSORS), metadata={"clara_format_version": str(FORMAT_VERSION)})
+            _write_json(tmp / TRAINING_STATE_JSON, state_payload)
         _fsync_tree(tmp)
         _swap_in(tmp, target)
     except BaseException:
@@ -302,12 +317,7 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     if not (folder / TOKENIZER_DIR).is_dir():
         raise CheckpointError(f"no {TOKENIZER_DIR}/ folder in {folder}: incomplete checkpoint "
                               "(was training interrupted?)")
-    try:
-        info = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE} is not readable JSON: {exc}") from None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{folder / CONFIG_FILE}: expected a JSON object")
+    info = _read_json_object(folder / CONFIG_FILE)
     version = info.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{folder / CONFIG_FILE}: format_version {version!r} is not supported by this code "
@@ -394,6 +404,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     model.to(device)
     model.eval()
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=cfg, info=info)
+
+
+def read_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The (tensors, JSON payload) that save_checkpoint's `training_state` wrote into a checkpoint
+    folder; CheckpointError when the folder has none or they are unreadable."""
+    folder = _resolve_folder(Path(path).expanduser())
+    for name in (TRAINING_STATE_JSON, TRAINING_STATE_TENSORS):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"no {name} in {folder}: it holds no training state to resume from "
+                                  "(written by an older clara, or not the last checkpoint of a training run)")
+    payload = _read_json_object(folder / TRAINING_STATE_JSON)
+    return _read_weights(folder / TRAINING_STATE_TENSORS), payload
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return content
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -3,12 +3,18 @@
     python scripts/train.py --dataset mvsa_single --data-dir data/MVSA_Single
     python scripts/train.py --dataset hfm --data-dir data/HFM --encoders tiny --epochs 1 --output-dir runs/smoke
     accelerate launch --num_processes 2 scripts/train.py --dataset mvsa_multiple --data-dir data/MVSA
+    python scripts/train.py --dataset mvsa_single --data-dir data/MVSA_Single --resume   # after a crash
 
 Writes OUT/checkpoints/clara_<dataset>_best/ and _last/ and OUT/results/<dataset>/ (metrics.json
 and plots), OUT being --output-dir or the current folder; a train-time --ablation adds
 _<ablation> to those names. Any config field can be set with --set section.field=value
 (see clara/config.py), e.g. --set train.label_smoothing=0.1 --set model.fusion_layers=1.
-Exit status: 0 done, 1 training failed (e.g. the loss became NaN), 2 bad arguments or data folder.
+--resume continues an interrupted run from its last completed epoch (OUT/checkpoints/
+clara_<dataset>_last/ holds the optimizer, scheduler and early-stopping state): give the same
+arguments as the interrupted run and the same number of processes; the result equals an
+uninterrupted run. A kill mid-epoch repeats that one epoch.
+Exit status: 0 done (or --resume on a finished run: nothing to do), 1 training failed (e.g. the
+loss became NaN), 2 bad arguments or data folder, or nothing/something else to resume.
 """
 from __future__ import annotations
 
@@ -18,29 +24,19 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from clara.cli import EXIT_USAGE, OneLineParser, report_error
 from clara.config import ABLATIONS, DATASETS, Config, ConfigError, get_preset
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line on stderr (no usage dump), exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see --help)")
 
 
 def fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
-    one_line = " ".join(str(message).split())
-    print(f"train.py: error: {one_line}", file=sys.stderr)
+    report_error("train.py", message)
     sys.exit(status)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = OneLineParser("train.py", __doc__)
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="which benchmark (and preset)")
     parser.add_argument("--data-dir", type=Path, help="the dataset folder in its raw format")
     parser.add_argument("--protocol", choices=("clara", "standard"),
@@ -67,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-params", action="store_true",
                         help="build the model, print trainable/total parameters and exit (no data needed)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run from its last checkpoint (same arguments as that run)")
     return parser
 
 
@@ -130,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     from clara.data import DatasetError
     from clara.model import EncoderError
     from clara.train.loop import OutputDirError, TrainingError, train
+    from clara.train.resume import ResumeError, RunAlreadyFinished
 
     try:
-        result = train(cfg, progress=not args.no_progress)
+        result = train(cfg, progress=not args.no_progress, resume=args.resume)
+    except RunAlreadyFinished as exc:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"train.py: {exc}")
+        return 0
+    except ResumeError as exc:
+        fail(str(exc))
     except DatasetError as exc:
         fail(f"--data-dir {args.data_dir}: {exc}")
     except (OutputDirError, EncoderError) as exc:

@@ -12,7 +12,10 @@ epochs without improvement -> reload the best checkpoint and evaluate it on the 
 Outputs, with OUT = `cfg.train.output_dir` standing for the repo root and NAME = the dataset
 (plus `_<ablation>` for a train-time ablation, so ablation runs never overwrite the full model):
 `OUT/checkpoints/clara_NAME_best/`, `OUT/checkpoints/clara_NAME_last/`, `OUT/results/NAME/`.
-Only the main process writes files.
+Only the main process writes files. `last` also holds the training state (optimizer, scheduler,
+early-stopping state; clara/train/resume.py), so `train(cfg, resume=True)` continues an
+interrupted run from its last completed epoch; every epoch re-seeds its RNGs from (seed, epoch),
+so the resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 
@@ -35,7 +38,10 @@ from transformers import get_linear_schedule_with_warmup
 from clara.config import Config
 from clara.data import CLARADataset, Collator, ImageTransform, LoadedDataset, load_dataset
 from clara.train.losses import class_weights, clara_loss, weighted_cross_entropy
-from clara.train.samplers import NegativeMixup, build_sampler, count_classes
+from clara.train.resume import (ResumeState, interrupted_best_note, pack_training_state, read_resume_state,
+                                seed_epoch)
+from clara.train.samplers import (LengthGroupedSampler, NegativeMixup, build_sampler, count_classes,
+                                  token_lengths)
 
 NEGATIVE_LABEL = "negative"
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
@@ -106,9 +112,12 @@ def format_param_counts(counts: dict[str, int]) -> str:
             f"|| trainable%: {share:.4f}")
 
 
-def train(cfg: Config, progress: bool = True) -> TrainResult:
+def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResult:
     """Train CLARA as `cfg` says and evaluate the best epoch on the test split (module docstring).
 
+    `resume`: continue from the run's `last` checkpoint (weights, optimizer, scheduler, epoch,
+    early-stopping state, history); clara.train.resume.ResumeError when there is none or it was
+    trained with other settings, RunAlreadyFinished when the run is complete.
     Raises TrainingError for an unwritable output folder, an unusable split or sampler setting,
     and a loss or gradient norm that becomes NaN/inf (the checkpoints of the last good epoch
     are kept); clara.data.DatasetError for a data folder that cannot be loaded.
@@ -136,6 +145,16 @@ def train(cfg: Config, progress: bool = True) -> TrainResult:
     # Every process checks, so that all of them stop together instead of waiting on the main one.
     check_writable(paths)
     set_seed(tcfg.seed)
+    resume_state: ResumeState | None = None
+    if resume:
+        resume_state = read_resume_state(paths.last_dir, cfg, accelerator.num_processes,
+                                         paths.results_dir / "metrics.json")
+        log(f"resuming from {paths.last_dir}: {resume_state.epochs_done} epoch(s) done, best epoch "
+            f"{resume_state.best_epoch}" + ("; training had ended, evaluating the best epoch on test"
+                                            if resume_state.training_done else ""))
+        note = interrupted_best_note(paths.best_dir, resume_state)
+        if note:
+            log(note)
 
     if cfg.data.data_dir is None:
         raise TrainingError("no data folder: set data.data_dir (--data-dir)")
@@ -157,23 +176,41 @@ def train(cfg: Config, progress: bool = True) -> TrainResult:
 
     from clara.evaluate import compute_metrics
 
-    model, tokenizer = create_model(cfg, tokenizer_texts=[s.text for s in train_samples])
+    if resume_state is None:
+        model, tokenizer = create_model(cfg, tokenizer_texts=[s.text for s in train_samples])
+    else:
+        from clara.checkpoint import load_checkpoint
+        # The interrupted run's weights and tokenizer (its config was checked to match cfg).
+        interrupted = load_checkpoint(paths.last_dir)
+        model, tokenizer = interrupted.model, interrupted.tokenizer
     param_counts = model.param_counts()
     log(format_param_counts(param_counts))
 
     transform = image_transform(model)
     collator = Collator(tokenizer, max_length=cfg.data.max_text_length,
-                        pad_to_max_length=cfg.data.pad_to_max_length)
+                        pad_to_max_length=cfg.data.pad_to_max_length, normalize=transform)
+    image_cache = None
+    if cfg.data.image_cache:
+        from clara.data.image_cache import ImageCache
+        # The main process decodes; the others then find the cache complete (no concurrent writers).
+        with accelerator.main_process_first():
+            image_cache = ImageCache.build([s.image_path for s in train_samples + data.splits["val"]], transform,
+                                           cfg.data.image_cache_dir, progress=progress and is_main)
     negative_index = labels.index(NEGATIVE_LABEL) if NEGATIVE_LABEL in labels else None
     if negative_index is None and (tcfg.sampler == "boost_negative" or tcfg.negative_mixup_prob > 0):
         raise TrainingError(f"train.sampler=boost_negative and train.negative_mixup_prob need a "
                             f"'{NEGATIVE_LABEL}' class; {cfg.data.dataset} has {labels}")
     sampler = build_sampler(tcfg.sampler, train_labels, len(labels), seed=tcfg.seed,
                             negative_index=negative_index, negative_min_fraction=tcfg.negative_min_fraction)
-    train_loader = DataLoader(CLARADataset(train_samples, transform), batch_size=tcfg.batch_size,
-                              sampler=sampler, collate_fn=collator, num_workers=tcfg.num_workers)
-    val_loader = DataLoader(CLARADataset(data.splits["val"], transform), batch_size=tcfg.eval_batch_size,
-                            shuffle=False, collate_fn=collator, num_workers=tcfg.num_workers)
+    if tcfg.length_grouped:
+        lengths = token_lengths(tokenizer, [s.text for s in train_samples], cfg.data.max_text_length)
+        sampler = LengthGroupedSampler(sampler, lengths, tcfg.batch_size, seed=tcfg.seed)
+    pin_memory = accelerator.device.type == "cuda"
+    train_loader = DataLoader(CLARADataset(train_samples, transform, image_cache), batch_size=tcfg.batch_size,
+                              sampler=sampler, collate_fn=collator, num_workers=tcfg.num_workers,
+                              pin_memory=pin_memory)
+    val_loader = DataLoader(CLARADataset(data.splits["val"], transform, image_cache), batch_size=tcfg.eval_batch_size,
+                            shuffle=False, collate_fn=collator, num_workers=tcfg.num_workers, pin_memory=pin_memory)
     mixup = None
     if tcfg.negative_mixup_prob > 0:
         # Each process mixes its own shard of the batch, with its own stream of draws.
@@ -191,12 +228,23 @@ def train(cfg: Config, progress: bool = True) -> TrainResult:
     scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
         optimizer, num_warmup_steps=int(tcfg.warmup_ratio * total_steps), num_training_steps=total_steps))
     weights = class_weights(train_counts, labels, tcfg.class_weight_boost).to(accelerator.device)
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state.optimizer)
+        scheduler.load_state_dict(resume_state.scheduler)
+        accelerator.step = resume_state.accelerator_step  # gradient-accumulation position
 
     history: list[dict[str, Any]] = []
     best_value, best_epoch, stale_epochs = -math.inf, 0, 0
+    first_epoch = 1
+    if resume_state is not None:
+        history = list(resume_state.history)
+        best_value, best_epoch, stale_epochs = resume_state.best_value, resume_state.best_epoch, resume_state.stale_epochs
+        first_epoch = tcfg.epochs + 1 if resume_state.training_done else resume_state.epochs_done + 1
     metric_name = tcfg.selection_metric
-    for epoch in range(1, tcfg.epochs + 1):
+    for epoch in range(first_epoch, tcfg.epochs + 1):
         started = time.perf_counter()
+        # Sample order, dropout and mixup draws depend on (seed, epoch) only: what makes resuming exact.
+        seed_epoch(tcfg.seed, epoch, accelerator.process_index, sampler, mixup)
         best_note = f" (best val {metric_name} {best_value:.4f})" if best_epoch else ""
         bar = _progress_bar(steps_per_epoch, f"epoch {epoch}/{tcfg.epochs}{best_note}",
                             progress and accelerator.is_local_main_process)
@@ -236,15 +284,24 @@ def train(cfg: Config, progress: bool = True) -> TrainResult:
             f"val accuracy {val_metrics['accuracy']:.4f}{' (best)' if improved else ''}, "
             f"{entry['epoch_time_s']:.1f} s")
 
+        training_done = epoch == tcfg.epochs or stale_epochs >= tcfg.patience
         if is_main:
             from clara.checkpoint import save_checkpoint
             unwrapped = accelerator.unwrap_model(model)
             epoch_metrics = {"epoch": epoch, "val": val_metrics}
+            # best before last: a kill between the two leaves `last` one epoch behind, and the
+            # resumed run repeats that epoch (rewriting `best` the same way).
             if improved:
                 save_checkpoint(paths.best_dir, unwrapped, tokenizer, cfg, metrics=epoch_metrics,
                                 history=history, extra={"best_epoch": best_epoch})
+            resume_from = ResumeState(
+                epochs_done=epoch, best_value=best_value, best_epoch=best_epoch, stale_epochs=stale_epochs,
+                training_done=training_done, num_processes=accelerator.num_processes,
+                accelerator_step=accelerator.step, history=history, optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict())
             save_checkpoint(paths.last_dir, unwrapped, tokenizer, cfg, metrics=epoch_metrics,
-                            history=history, extra={"best_epoch": best_epoch})
+                            history=history, extra={"best_epoch": best_epoch},
+                            training_state=pack_training_state(resume_from))
         accelerator.wait_for_everyone()
         if stale_epochs >= tcfg.patience:
             log(f"early stop: val {metric_name} did not improve for {tcfg.patience} epochs "

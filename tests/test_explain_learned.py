@@ -1,20 +1,31 @@
 """What the explanations of a trained tiny model show on synthetic data that needs both modalities.
 
 One tiny model is trained once per session on synthetic MVSA-Single posts (label = agreement of
-a planted sentiment word and a planted coloured square; test accuracy ~0.95-0.98), then 40 of
-its test posts are explained and the rates are compared with thresholds set below what was
-measured (2 CPU cores; the fixture prints the rates with `pytest -s`):
+a planted sentiment word and a planted coloured square; test accuracy 0.98), then 40 of its test
+posts are explained and the rates are compared with thresholds set below what was measured.
+The run is deterministic on one machine: everything is seeded and runs on one thread (two
+separate processes gave the same training history and the same rates); another CPU may round
+differently and train a slightly different model, hence the slack. Measured (2 CPU cores; the
+fixture prints the rates with `pytest -s`):
 
-- text LIG puts the planted word first: 0.60-0.675 (chance ~0.1; relevancy 0.175-0.2)
-- image IG's top patch overlaps the cue square: 0.725-0.75, occlusion 0.65 (chance 0.12)
-- deletion AUC, image: IG 0.45, occlusion 0.56, relevancy 0.70, random 0.73;
-  text: LIG 0.40, relevancy 0.57, random 0.59
+- planted word ranked first: text LIG 0.675, relevancy 0.85, raw attention 0.075 (chance ~0.1)
+- top image patch on the cue square: image IG 0.70, occlusion 0.60, relevancy 0.10, raw
+  attention 0.15 (chance 0.12)
+- deletion AUC (smaller = faster fall), image: IG 0.54, occlusion 0.48, relevancy 0.73,
+  raw attention 0.62, random 0.75; text: LIG 0.39, relevancy 0.43, raw attention 0.72, random 0.73
 
-Co-attention relevancy and raw fusion attention sit at chance for the image cue (0.08-0.15):
-the relevancy starts at CLIP's output tokens, and CLIP's own self-attention has already spread
-the cue over them, so the fusion need not attend to the cue patch (the encoders' attention is
-not exposed by the model and is not propagated). That is a finding about this model, reported
-rather than asserted; the gradient-based methods, which reach the pixels, do localise the cue.
+Relevancy propagates through both encoders' self-attention and the co-attention fusion (Chefer
+et al.; see clara/explain/relevancy.py). On the text side it finds the planted word more often
+than LIG does. On the image side it stays at chance, which is reported here, not asserted: the
+tiny CLIP does attend to the cue (plain attention rollout through its two layers puts the top
+patch on the cue 0.60 of the time), but the gradient of the target logit with respect to the
+attention paid to the cue patches (last CLIP layer, summed over heads and queries) is negative
+in 39 of 40 samples, and the method keeps only
+the positive part of ∇A ⊙ A, so the cue drops out (with |∇A ⊙ A| it would hit 0.65; that is
+not the published rule and is not used).
+
+Occlusion slides 2x2-patch windows by one patch: the cue spans 2-4 patches, and one-patch
+windows left most of it visible (top patch on the cue 0.40, deletion AUC 0.72 vs random 0.75).
 """
 import json
 
@@ -29,8 +40,11 @@ pytestmark = pytest.mark.slow
 
 N_EXPLAINED = 40
 IG_STEPS = 64
-MIN_TEXT_IG_WORD_FIRST = 0.45
-MIN_CUE_HIT_MARGIN_OVER_CHANCE = 0.3
+MIN_TEXT_IG_WORD_FIRST = 0.45  # measured 0.675
+MIN_RELEVANCY_WORD_FIRST = 0.6  # measured 0.85
+MIN_CUE_HIT_MARGIN_OVER_CHANCE = 0.3  # image IG: measured 0.70 - 0.12
+MIN_OCCLUSION_CUE_HIT_MARGIN_OVER_CHANCE = 0.25  # measured 0.60 - 0.12
+MIN_DELETION_AUC_GAIN_OVER_RANDOM = 0.1  # measured gains: image IG 0.21, occlusion 0.27, LIG 0.34, relevancy 0.30
 
 
 @pytest.fixture(scope="session")
@@ -103,20 +117,20 @@ def test_the_model_learned_the_task(measured):
     assert measured["training"]["test_accuracy"] >= 0.85, measured["training"]
 
 
-@pytest.mark.xfail(strict=False, reason="rate threshold still being tuned at the end of the first session; issue 4 stays open")
-def test_text_attributions_rank_the_planted_word_first(measured):
+def test_text_attributions_and_relevancy_rank_the_planted_word_first(measured):
     assert measured["word_first"]["text_ig"] >= MIN_TEXT_IG_WORD_FIRST, measured
+    assert measured["word_first"]["relevancy"] >= MIN_RELEVANCY_WORD_FIRST, measured
 
 
-@pytest.mark.xfail(strict=False, reason="rate threshold still being tuned at the end of the first session; issue 4 stays open")
 def test_image_attributions_peak_on_the_planted_cue(measured):
     chance = measured["cue_hit_chance"]
     assert measured["cue_hit"]["image_ig"] >= chance + MIN_CUE_HIT_MARGIN_OVER_CHANCE, measured
-    assert measured["cue_hit"]["occlusion"] >= chance + MIN_CUE_HIT_MARGIN_OVER_CHANCE, measured
+    assert measured["cue_hit"]["occlusion"] >= chance + MIN_OCCLUSION_CUE_HIT_MARGIN_OVER_CHANCE, measured
 
 
 def test_deletion_curves_fall_faster_than_random(measured):
     auc = measured["deletion_auc"]
-    for method in ("image_ig/image", "occlusion/image"):
-        assert auc[method] < auc["random/image"] - 0.1, (method, auc)
-    assert auc["text_ig/text"] < auc["random/text"] - 0.1, auc
+    for method, modality in (("image_ig", "image"), ("occlusion", "image"), ("text_ig", "text"),
+                             ("relevancy", "text")):
+        assert auc[f"{method}/{modality}"] < auc[f"random/{modality}"] - MIN_DELETION_AUC_GAIN_OVER_RANDOM, \
+            (method, modality, auc)

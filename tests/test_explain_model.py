@@ -124,6 +124,94 @@ def test_explaining_leaves_the_shared_model_unchanged(predictor, explainer, imag
     assert explanation.skipped == {}
 
 
+def test_encoder_attention_and_its_gradient_match_eager_attention(predictor, explainer, image):
+    """The relevancy's CLIP attention (recomputed beside SDPA) and ∇A = ∇O·Vᵀ equal what an eager
+    copy of the model returns; DeBERTa's are its own probabilities; the shared model keeps SDPA."""
+    import copy
+
+    from transformers.models.clip.modeling_clip import CLIPAttention
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
+
+    from clara.explain.relevancy import attention_gradients, clip_attention_gradients, recording_encoder_attentions
+
+    model = predictor.model
+    inputs = explainer.prepare(image, TEXTS[0])
+    forward = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+    assert model.vision.backbone.config._attn_implementation == "sdpa"  # no probabilities kept by itself
+    with torch.enable_grad():
+        with recording_encoder_attentions(model) as recorded:
+            score = model(pixel_values=inputs.pixel_values.clone().requires_grad_(True), **forward).logits[0, 1]
+        grads = attention_gradients(score, recorded.text, [layer.heads_output for layer in recorded.vision])
+    n_text = len(recorded.text)
+    vision_grads = clip_attention_gradients(recorded.vision, grads[n_text:])
+
+    eager = copy.deepcopy(model)
+    eager.vision.backbone.config._attn_implementation = "eager"
+    caught = {"vision": [], "text": []}
+    for module in eager.modules():
+        if isinstance(module, CLIPAttention):
+            module.register_forward_hook(lambda m, args, out: caught["vision"].append(out[1]))
+        elif isinstance(module, DisentangledSelfAttention):
+            module.register_forward_pre_hook(lambda m, args: (*args[:2], True, *args[3:]))
+            module.register_forward_hook(lambda m, args, out: caught["text"].append(out[1]))
+    with torch.enable_grad():
+        eager_score = eager(pixel_values=inputs.pixel_values.clone().requires_grad_(True), **forward).logits[0, 1]
+        eager_grads = torch.autograd.grad(eager_score, caught["vision"] + caught["text"])
+    assert len(recorded.vision) == len(caught["vision"]) == model.vision.backbone.config.num_hidden_layers
+    assert n_text == len(caught["text"]) == model.text.config.num_hidden_layers
+    for layer, attention, mine, reference in zip(recorded.vision, caught["vision"], vision_grads, eager_grads):
+        torch.testing.assert_close(layer.attention, attention, atol=1e-6, rtol=1e-5)
+        assert reference.abs().max() > 1e-4  # a real gradient, not an all-zero match
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-4)
+    for attention, mine, reference, eager_attention in zip(recorded.text, grads[:n_text],
+                                                            eager_grads[len(caught["vision"]):], caught["text"]):
+        torch.testing.assert_close(attention, eager_attention, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-4)
+
+
+def test_relevancy_propagates_through_both_encoders(explainer, image):
+    inputs = explainer.prepare(image, "i love this sunny day")
+    relevancy = explainer.relevancy(inputs)
+    assert relevancy.layers == {"vision_self_attention": 2, "text_self_attention": 2, "co_attention": 2}
+    # every token's row got non-negative relevancy beyond its identity (the encoders' self-attention
+    # mixes every token; the rule's exact arithmetic is checked in test_explain_units.py)
+    for self_relevancy in (relevancy.image_image, relevancy.text_text):
+        residual = self_relevancy - np.eye(len(self_relevancy))
+        assert (residual >= -1e-7).all() and (residual.sum(axis=1) > 0).all()
+    assert relevancy.patch_scores.shape == (inputs.grid.grid_size,) * 2 and (relevancy.patch_scores >= 0).all()
+    assert relevancy.word_scores.shape == (5,) and (relevancy.word_scores > 0).all()
+
+
+def test_relevancy_does_not_disturb_concurrent_predictions(predictor, explainer, image):
+    """The encoder hooks act only in the explaining thread: another thread's outputs are unchanged."""
+    model = predictor.model
+    batch = _batch(predictor, [image, image], TEXTS[2:4])
+    with torch.no_grad():
+        reference = model(**batch).logits.clone()
+    inputs = explainer.prepare(image, TEXTS[0])
+    alone = explainer.relevancy(inputs)
+    results, errors = [], []
+
+    def explain_repeatedly():
+        try:
+            results.extend(explainer.relevancy(inputs) for _ in range(20))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    worker = threading.Thread(target=explain_repeatedly)
+    worker.start()
+    checked = 0
+    while worker.is_alive() or checked == 0:
+        with torch.no_grad():
+            assert torch.equal(model(**batch).logits, reference)
+        checked += 1
+    worker.join()
+    assert not errors and len(results) == 20
+    for result in results:
+        np.testing.assert_allclose(result.patch_scores, alone.patch_scores, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(result.token_scores, alone.token_scores, rtol=1e-5, atol=1e-9)
+
+
 def test_text_attributions_do_not_disturb_concurrent_predictions(predictor, image):
     """LIG's hooks live on a per-call module: another thread's forward passes are unaffected."""
     model = predictor.model

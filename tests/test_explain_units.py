@@ -12,7 +12,7 @@ from clara.explain import build_word_map, crop_box, overlay
 from clara.explain.attributions import text_baseline_ids
 from clara.explain.faithfulness import deletion_steps, ranking
 from clara.explain.relevancy import (gradient_weighted_attention, normalise_self_relevancy,
-                                     propagate_co_attention, pooled_readout)
+                                     propagate_co_attention, propagate_self_attention, pooled_readout)
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "i", "love", "the", "rain", "##y", "day", "##s", "!", "sun"]
 
@@ -150,6 +150,30 @@ def test_co_attention_rules_over_two_layers_match_hand_computation():
     expected_text = 0.5 * (ti2 @ it1)[:2].mean(0) + 0.5 * (it1 + it2).mean(0)
     assert torch.allclose(text_scores, expected_text * torch.tensor([1.0, 1.0, 0.0]))
     assert torch.allclose(image_scores, 0.5 * (ti1 + ti2)[:2].mean(0) + 0.5 * (it2 @ ti1).mean(0))
+
+
+def test_self_attention_rule_over_two_encoder_layers_then_co_attention():
+    generator = torch.Generator().manual_seed(1)
+    n_text, n_image, heads = 3, 4, 2
+    image_layers = [(torch.rand(heads, n_image, n_image, generator=generator),
+                     torch.randn(heads, n_image, n_image, generator=generator)) for _ in range(2)]
+    r_ii = propagate_self_attention([a for a, _ in image_layers], [g for _, g in image_layers])
+    cam1, cam2 = (gradient_weighted_attention(a, g) for a, g in image_layers)
+    eye = torch.eye(n_image)
+    # R = I; R += Ā1·R; R += Ā2·R  ->  (I + Ā2)(I + Ā1)
+    assert torch.allclose(r_ii, (eye + cam2) @ (eye + cam1))
+    assert torch.equal(propagate_self_attention([image_layers[0][0]], [None]), eye)  # no gradient, no update
+    # the co-attention rules start from the encoders' self-relevancy: R_ti = R̄_tt^T Ā_ti R̄_ii
+    a_ti, g_ti = torch.rand(heads, n_text, n_image, generator=generator), torch.randn(heads, n_text, n_image,
+                                                                                      generator=generator)
+    a_it, g_it = torch.rand(heads, n_image, n_text, generator=generator), torch.randn(heads, n_image, n_text,
+                                                                                      generator=generator)
+    maps = propagate_co_attention([a_ti], [g_ti], [a_it], [g_it], image_image=r_ii)
+    r_ii_bar = normalise_self_relevancy(r_ii)
+    assert not torch.allclose(r_ii_bar, eye)
+    assert torch.allclose(maps["text_image"], gradient_weighted_attention(a_ti, g_ti) @ r_ii_bar)
+    assert torch.allclose(maps["image_text"], r_ii_bar.T @ gradient_weighted_attention(a_it, g_it))
+    assert torch.allclose(maps["image_image"], r_ii)  # R_ti was 0 before this layer: rule 11 adds nothing
 
 
 def test_deletion_steps_and_ranking():

@@ -258,7 +258,8 @@ class Explainer:
         return attention_maps(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask, inputs.words)
 
     def relevancy(self, inputs: ExplainInput, target: int | str | None = None) -> Relevancy:
-        """Chefer et al. co-attention relevancy for the target class (labelled "explanation")."""
+        """Chefer et al. relevancy through both encoders' self-attention and the co-attention fusion, for the
+        target class (labelled "explanation")."""
         return co_attention_relevancy(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
                                       self._target(inputs, target), inputs.words)
 
@@ -277,7 +278,7 @@ class Explainer:
                                           internal_batch_size=self.batch_size())
 
     def occlusion(self, inputs: ExplainInput, target: int | str | None = None) -> ImageAttribution:
-        """Probability drop when each patch is replaced by the mean image."""
+        """Probability drop when 2x2-patch windows (one-patch stride) are replaced by the mean image."""
         return image_occlusion(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
                                self._target(inputs, target), internal_batch_size=self.batch_size())
 

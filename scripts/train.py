@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         what = "is not a folder" if args.data_dir.exists() else "does not exist"
         fail(f"--data-dir {args.data_dir} {what}")
 
-    from clara.data import DatasetError
+    from clara.data import DatasetError, ImageError
     from clara.model import EncoderError
     from clara.train.loop import OutputDirError, TrainingError, train
     from clara.train.resume import ResumeError, RunAlreadyFinished
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ResumeError as exc:
         fail(str(exc))
+    except ImageError as exc:  # only with data.check_images=false: load-time checks skip such files
+        fail(f"{exc}; with data.check_images=false undecodable images stay in the splits: remove or replace "
+             "that file, or train with data.check_images=true", EXIT_FAILED)
     except DatasetError as exc:
         fail(f"--data-dir {args.data_dir}: {exc}")
     except (OutputDirError, EncoderError) as exc:

@@ -343,6 +343,36 @@ def test_evaluate_script_reports_skipped_posts_truncated_texts_and_undecodable_i
     assert f"cannot use image {victim}: " in err and "data.check_images=false" in err
 
 
+# ----------------------------------------------------------------------------- training inputs
+
+def test_train_script_reports_truncated_texts_and_names_an_undecodable_image(tmp_path, capsys):
+    """check_images=false skips the load-time decode (for speed), so a broken image is found by the
+    data loader: one line naming the file and the fix, exit 1, not a traceback."""
+    data_dir = tmp_path / "data"
+    write_synthetic("mvsa_single", data_dir, n=40, seed=5, quirks=False)
+    loaded = load_dataset("mvsa_single", data_dir, check_images=False)
+    long_post = loaded.splits["train"][0]
+    (data_dir / "data" / f"{long_post.id}.txt").write_text("love the park " * 100, encoding="utf-8")
+    argv = ["--dataset", "mvsa_single", "--data-dir", str(data_dir), "--encoders", "tiny",
+            "--output-dir", str(tmp_path / "out"), "--no-progress"]
+    for assignment in ("train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=40",
+                       "train.calibrate=false", "data.check_images=false", "model.hidden_dim=64",
+                       "train.sampler=random"):  # random: every post is drawn, the broken one too
+        argv += ["--set", assignment]
+    script = load_script("train")
+    victim = loaded.splits["train"][1].image_path
+    victim.write_bytes(victim.read_bytes()[:40])
+    with pytest.raises(SystemExit) as stopped:
+        script.main(argv)
+    assert stopped.value.code == 1
+    captured = capsys.readouterr()
+    assert (f"1 of {len(loaded.splits['train'])} train texts are longer than data.max_text_length=128 tokens "
+            "and are truncated") in captured.out
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train.py: error: cannot use image "), err
+    assert str(victim) in err and "train with data.check_images=true" in err
+
+
 # ----------------------------------------------------------------------------- NaN in a later epoch
 
 def test_a_nan_loss_in_epoch_2_stops_training_and_keeps_epoch_1_checkpoints(tmp_path):

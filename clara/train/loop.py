@@ -185,6 +185,12 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
         model, tokenizer = interrupted.model, interrupted.tokenizer
     param_counts = model.param_counts()
     log(format_param_counts(param_counts))
+    from clara.inference import truncated_texts
+
+    n_truncated = sum(truncated_texts(tokenizer, [s.text for s in train_samples], cfg.data.max_text_length))
+    if n_truncated:  # said, not hidden: the model only reads the first max_text_length tokens
+        log(f"{n_truncated} of {len(train_samples)} train texts are longer than data.max_text_length="
+            f"{cfg.data.max_text_length} tokens and are truncated, as in the published method")
 
     transform = image_transform(model)
     collator = Collator(tokenizer, max_length=cfg.data.max_text_length,

@@ -16,13 +16,19 @@ fixture prints the rates with `pytest -s`):
 
 Relevancy propagates through both encoders' self-attention and the co-attention fusion (Chefer
 et al.; see clara/explain/relevancy.py). On the text side it finds the planted word more often
-than LIG does. On the image side it stays at chance, which is reported here, not asserted: the
-tiny CLIP does attend to the cue (plain attention rollout through its two layers puts the top
-patch on the cue 0.60 of the time), but the gradient of the target logit with respect to the
-attention paid to the cue patches (last CLIP layer, summed over heads and queries) is negative
-in 39 of 40 samples, and the method keeps only
-the positive part of ∇A ⊙ A, so the cue drops out (with |∇A ⊙ A| it would hit 0.65; that is
-not the published rule and is not used).
+than LIG does. On the image side it stays at chance, which is reported here, not asserted,
+because it is a property of the method on this model, not of the code: an independent eager
+re-implementation (CLIP's eager attention probabilities and their autograd gradients, the target
+class's final logit) gives the same patch scores to 1e-10. The model reads the cue from the mean
+of the image tokens, not by attending to it: with uniform weights in either fusion direction the
+test accuracy stays 0.976 (zeroing the text->image output drops it to 0.59), and under the mean
+read-out the residual (identity) path gives every patch the same relevancy. The tiny CLIP does
+attend to the cue (plain attention rollout puts the top patch on it 0.60 of the time), but the
+target logit falls as that attention grows: the sum of ∇A ⊙ A over the cue columns is negative in
+36/40 samples in CLIP's first layer and 39/40 in its last, and still not positive in 37/40 and
+38/40 with the row-centred gradient (attention moved to the cue from the other patches), so the
+positive part the method keeps drops the cue (|∇A ⊙ A| would hit 0.65; that is not the
+published rule and is not used).
 
 Occlusion slides 2x2-patch windows by one patch: the cue spans 2-4 patches, and one-patch
 windows left most of it visible (top patch on the cue 0.40, deletion AUC 0.72 vs random 0.75).

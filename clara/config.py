@@ -43,6 +43,8 @@ class DataConfig:
     max_text_length: int = 128
     pad_to_max_length: bool = False  # the notebooks pad to 128; we pad to the longest in the batch
     check_images: bool = True  # decode every image once at load time; unreadable ones are skipped
+    image_cache: bool = False  # train/val read resized uint8 crops from a memory-mapped cache (docs/BENCHMARKS.md)
+    image_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/clara/images
 
 
 @dataclass
@@ -100,6 +102,7 @@ class TrainConfig:
     negative_mixup_alpha: float = 0.4
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16
     num_workers: int = 0
+    length_grouped: bool = False  # batches of similar text length (less padding; docs/BENCHMARKS.md)
     seed: int = 42
     output_dir: str = "."  # stands for the repo root: checkpoints/ and results/ go under it
     calibrate: bool = True

@@ -153,9 +153,12 @@ class Predictor:
         batch = self.encode(images, texts)
         inputs = {key: batch[key] for key in MODEL_INPUTS}
         with torch.inference_mode():
-            out = self.model(**inputs)
-            text_only = self.model(**inputs, ablation="text_only").probs
-            image_only = self.model(**inputs, ablation="image_only").probs
+            # The encoders (nearly all the cost) run once; fusion and heads once per reading.
+            vision_tokens, text_tokens = self.model.encode(**inputs)
+            mask = inputs["attention_mask"]
+            out = self.model.decide(vision_tokens, text_tokens, mask)
+            text_only = self.model.decide(None, text_tokens, mask, ablation="text_only").probs
+            image_only = self.model.decide(vision_tokens, None, mask, ablation="image_only").probs
         probs = self._as_dicts(out.probs.float().cpu())
         pred_probs = self._as_dicts(out.pred_logits.float().softmax(-1).cpu())
         verify_probs = (self._as_dicts(out.verify_logits.float().softmax(-1).cpu())

@@ -15,12 +15,16 @@ class CLARADataset(Dataset):
     """Items `{"pixel_values": [3,S,S] float tensor, "text": str, "label": int, "id": str}`.
 
     Images are opened with `open_image` at each access; an unreadable one raises ImageError
-    naming the file (load_dataset with check_images=True has already skipped those).
+    naming the file (load_dataset with check_images=True has already skipped those). With an
+    `image_cache` (clara.data.image_cache.ImageCache) "pixel_values" is instead the cached uint8
+    crop [3,S,S]; the Collator normalises the whole batch (`Collator(normalize=transform)`).
     """
 
-    def __init__(self, samples: Sequence[Sample], image_transform: Callable[[Any], torch.Tensor]):
+    def __init__(self, samples: Sequence[Sample], image_transform: Callable[[Any], torch.Tensor],
+                 image_cache: Any | None = None):
         self.samples = list(samples)
         self.image_transform = image_transform
+        self.image_cache = image_cache
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -32,8 +36,10 @@ class CLARADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
+        pixels = (self.image_cache.crop(sample.image_path) if self.image_cache is not None
+                  else self.image_transform(open_image(sample.image_path)))
         return {
-            "pixel_values": self.image_transform(open_image(sample.image_path)),
+            "pixel_values": pixels,
             "text": sample.text,
             "label": sample.label,
             "id": sample.id,
@@ -47,14 +53,18 @@ class Collator:
     `max_length` when `pad_to_max_length` (the notebooks' choice). Returns
     `{"pixel_values": [B,3,S,S], "input_ids": [B,T], "attention_mask": [B,T], "labels": [B],
     "ids": list[str]}`; "labels" is left out when the items carry no label (label None).
+    uint8 crops (from an image cache) are scaled and normalised in one batched operation with
+    `normalize` (the ImageTransform whose mean/std apply), giving the same values as the transform.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int = 128, pad_to_max_length: bool = False):
+    def __init__(self, tokenizer: Any, max_length: int = 128, pad_to_max_length: bool = False,
+                 normalize: Any | None = None):
         if max_length < 1:
             raise ValueError(f"max_length must be positive, got {max_length}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_to_max_length = pad_to_max_length
+        self.normalize = normalize
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not items:
@@ -67,8 +77,15 @@ class Collator:
             return_tensors="pt",
             return_token_type_ids=False,
         )
+        pixels = torch.stack([item["pixel_values"] for item in items])
+        if pixels.dtype == torch.uint8:
+            if self.normalize is None:
+                raise ValueError("the items hold uint8 image crops (an image cache); build the Collator "
+                                 "with normalize=<the ImageTransform> so they are normalised")
+            from .image_cache import normalize_pixels
+            pixels = normalize_pixels(pixels, self.normalize)
         batch: dict[str, Any] = {
-            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "pixel_values": pixels,
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "ids": [item["id"] for item in items],

@@ -77,13 +77,33 @@ class CLARAModel(nn.Module):
         of the two pooled projections), no_verification (final = prediction head on the fused
         vector, no verification logits), no_feedback (final = prediction head on the fused vector).
         """
+        ablation = self._check_ablation(ablation)
+        vision_tokens, text_tokens = self.encode(pixel_values, input_ids, attention_mask,
+                                                 vision=ablation != "text_only", text=ablation != "image_only")
+        return self.decide(vision_tokens, text_tokens, attention_mask, output_attentions, ablation)
+
+    def _check_ablation(self, ablation: str | None) -> str | None:
         ablation = ablation if ablation is not None else self.config.ablation
         if ablation is not None and ablation not in ABLATIONS:
             raise ValueError(f"ablation {ablation!r} is not one of: {', '.join(ABLATIONS)}")
-        vision_tokens = self.vision(pixel_values) if ablation != "text_only" else None
-        text_tokens = (self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                       if ablation != "image_only" else None)
+        return ablation
 
+    def encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               vision: bool = True, text: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The encoders' token outputs (None for an encoder switched off).
+
+        Split from `decide` so that inference can run the (costly) encoders once and the fusion and
+        heads once per inference-time ablation.
+        """
+        vision_tokens = self.vision(pixel_values) if vision else None
+        text_tokens = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state if text else None
+        return vision_tokens, text_tokens
+
+    def decide(self, vision_tokens: torch.Tensor | None, text_tokens: torch.Tensor | None,
+               attention_mask: torch.Tensor, output_attentions: bool = False,
+               ablation: str | None = None) -> CLARAOutput:
+        """Fusion and heads over `encode`'s outputs (see `forward` for the ablations)."""
+        ablation = self._check_ablation(ablation)
         attentions = None
         if ablation == "text_only":
             fused = self.fusion.pool_text(text_tokens, attention_mask)

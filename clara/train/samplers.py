@@ -125,3 +125,50 @@ class NegativeMixup:
         lam_t = torch.as_tensor(lam, dtype=pixels.dtype, device=pixels.device).view(-1, *[1] * (pixels.dim() - 1))
         mixed[index] = lam_t * pixels[index] + (1.0 - lam_t) * pixels[partner_index]
         return {**batch, "pixel_values": mixed}
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Wraps a sampler so that each batch holds posts of similar text length (less padding).
+
+    Each epoch takes the wrapped sampler's draws in order, cuts them into mega-batches of
+    `batch_size * mega_batch_factor` draws, sorts each mega-batch by length (longest first) and
+    cuts it into batches, then shuffles the order of the batches (the first batch, holding the
+    first mega-batch's longest texts, stays first so an out-of-memory shows early). The draws
+    themselves are the wrapped sampler's, so class balance and coverage are unchanged: a plain
+    shuffle still yields every index exactly once per epoch. Batches are emitted as consecutive indices, so use it
+    with `DataLoader(batch_size=batch_size, sampler=...)` without shuffling.
+    """
+
+    def __init__(self, base: Sampler[int], lengths: Sequence[int], batch_size: int, seed: int,
+                 mega_batch_factor: int = 50):
+        if batch_size < 1 or mega_batch_factor < 1:
+            raise ValueError(f"batch_size and mega_batch_factor must be >= 1, got {batch_size}, {mega_batch_factor}")
+        self.base = base
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.mega_batch_size = batch_size * mega_batch_factor
+        self.generator = make_generator(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __iter__(self):  # type: ignore[override]
+        draws = list(self.base)
+        batches: list[list[int]] = []
+        for start in range(0, len(draws), self.mega_batch_size):
+            mega = sorted(draws[start:start + self.mega_batch_size], key=lambda i: -self.lengths[i])
+            batches.extend(mega[i:i + self.batch_size] for i in range(0, len(mega), self.batch_size))
+        if len(batches) > 1:
+            # Full batches are shuffled among themselves; a short last batch stays last (drop_last-safe).
+            n_full = len(batches) if len(batches[-1]) == self.batch_size else len(batches) - 1
+            rest = torch.randperm(n_full - 1, generator=self.generator).add(1).tolist() if n_full > 1 else []
+            batches = [batches[0]] + [batches[i] for i in rest] + batches[n_full:]
+        for batch in batches:
+            yield from batch
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
+    """Tokens per text (special tokens included, capped at `max_length`), for length grouping."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+    return [len(ids) for ids in encoded]

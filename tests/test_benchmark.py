@@ -1,0 +1,67 @@
+"""scripts/benchmark.py end to end on tiny encoders and a tiny synthetic folder: the JSON contract."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clara.benchmark import our_settings, published_settings
+from clara.data.synthetic import write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "benchmark.py"
+
+
+def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+
+
+def test_cli_writes_the_contract_json(tmp_path):
+    data_dir = tmp_path / "data"
+    write_synthetic("mvsa_single", data_dir, n=40, seed=3, quirks=False)
+    out = tmp_path / "bench.json"
+    done = run_cli("--encoders", "tiny", "--dataset", "mvsa_single", "--data-dir", str(data_dir), "--steps", "2",
+                   "--warmup-steps", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1",
+                   "--predict-runs", "3", "--cache-dir", str(tmp_path / "cache"), "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and isinstance(report["torch"], str)
+    train = report["train"]
+    for name in ("published_settings", "ours"):
+        assert train[name]["samples_per_s"] > 0
+        assert len(train[name]["step_s"]) == 2
+    assert train["speedup"] == pytest.approx(train["ours"]["samples_per_s"] / train["published_settings"]["samples_per_s"])
+    # published pads every text to 128 tokens; ours pads to the batch's longest (tweets: far fewer)
+    assert train["published_settings"]["mean_padded_text_tokens"] == 128
+    assert train["ours"]["mean_padded_text_tokens"] < 40
+    assert report["data_images_per_s"] > 0
+    predict = report["predict"]
+    assert 0 < predict["p50_ms"] <= predict["p95_ms"] and predict["batch_samples_per_s"] > 0
+    int8 = report["predict_int8"]
+    assert 0.0 <= int8["label_agreement"] <= 1.0 and 0.0 <= int8["max_prob_change"] <= 1.0
+    assert report["explain_s"] > 0 and report["explain"]["n_steps"] == 50
+    assert 100 < report["peak_memory_mb"] < 64_000
+    assert "published_settings" in done.stdout and "speedup" in done.stdout
+
+
+def test_cli_refuses_bad_arguments(tmp_path):
+    done = run_cli("--dataset", "mvsa_single", "--data-dir", str(tmp_path / "missing"), "--steps", "1")
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+    done = run_cli("--dataset", "mvsa_single", "--data-dir", str(tmp_path), "--steps", "0")
+    assert done.returncode == 2 and "--steps must be at least 1" in done.stderr
+
+
+def test_the_two_settings_differ_as_documented():
+    published, ours = published_settings("cpu"), our_settings("cpu")
+    assert (published.pad_to_max_length, published.gradient_checkpointing, published.image_cache) == (True, True, False)
+    assert published.precision == "fp32" and published_settings("cuda").precision == "fp16"
+    assert (ours.pad_to_max_length, ours.gradient_checkpointing, ours.image_cache, ours.length_grouped) == \
+        (False, False, True, False)
+    assert ours.precision == "fp32" and our_settings("cuda").precision == "bf16" and our_settings("cuda").fused_adamw

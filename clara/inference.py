@@ -15,6 +15,7 @@ call runs under torch.inference_mode, so one cached instance can serve several t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,7 +68,12 @@ def quantize_linear_int8(model: torch.nn.Module, device: torch.device) -> torch.
 
     targets = {name: default_dynamic_qconfig for name, module in model.named_modules()
                if type(module) is torch.nn.Linear and ".lora_" not in name}
-    return quantize_dynamic(model, qconfig_spec=targets, dtype=torch.qint8, inplace=True)
+    with warnings.catch_warnings():
+        # torch 2.14 announces that torch.ao quantisation moves to torchao (not a dependency of ours);
+        # the user cannot act on it, docs/BENCHMARKS.md records it
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+        return quantize_dynamic(model, qconfig_spec=targets, dtype=torch.qint8, inplace=True)
 
 
 class Predictor:
@@ -97,13 +103,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        overrides: dict[str, Any] | None = None) -> "Predictor":
-        """Load a checkpoint folder (clara.checkpoint.load_checkpoint); device: cuda if available, else cpu."""
+                        overrides: dict[str, Any] | None = None, quantize: bool = False) -> "Predictor":
+        """Load a checkpoint folder (clara.checkpoint.load_checkpoint); device: cuda if available, else cpu.
+        `quantize`: int8 dynamic quantisation (CPU only; see __init__)."""
         from clara.checkpoint import load_checkpoint
 
         device = torch.device(device) if device is not None else default_device()
         loaded = load_checkpoint(path, device=device, overrides=overrides)
-        return cls(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, device, loaded.info)
+        return cls(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, device, loaded.info, quantize=quantize)
 
     # ------------------------------------------------------------------ inputs
     @staticmethod

@@ -32,7 +32,8 @@ def _fail(message: str) -> int:
 def _load_predictor(args: argparse.Namespace) -> Any:
     from clara.inference import Predictor
 
-    return Predictor.from_checkpoint(args.checkpoint, device=args.device, overrides=args.overrides)
+    device = "cpu" if args.int8 and args.device is None else args.device  # int8 kernels are CPU-only
+    return Predictor.from_checkpoint(args.checkpoint, device=device, overrides=args.overrides, quantize=args.int8)
 
 
 def format_prediction(prediction: Any) -> str:
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="batch: output CSV")
     parser.add_argument("--batch-size", type=int, default=16, help="posts per forward pass (default 16)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--int8", action="store_true",
+                        help="int8 dynamic quantisation of the Linear layers (CPU only): faster, "
+                             "small accuracy cost (docs/BENCHMARKS.md)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a field of the checkpoint's config when loading it, e.g. "
                              "model.vision_encoder=/models/clip-vit-base-patch32 (published encoders in local "

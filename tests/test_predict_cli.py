@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from clara.checkpoint import save_checkpoint
@@ -117,3 +118,25 @@ def test_bad_input_exits_2_with_one_line(checkpoint, post, tmp_path, capsys, arg
     assert len(err.splitlines()) == 1 and err.startswith("predict.py: error: ")
     import re
     assert re.search(message, err), err
+
+
+def test_int8_prediction_of_the_trained_demo_keeps_its_answers(tmp_path, capsys):
+    """--int8 (dynamic quantisation, CPU): on the trained demo checkpoint the bundled examples keep
+    their labels and move by little; torch's deprecation notice does not reach the user."""
+    demo, examples = REPO / "checkpoints" / "demo", REPO / "examples"
+    listing = json.loads((examples / "examples.json").read_text(encoding="utf-8"))
+    rows = [{"image": str(examples / entry["image"]), "text": entry["text"]} for entry in listing]
+    posts = tmp_path / "posts.csv"
+    pd.DataFrame(rows).to_csv(posts, index=False)
+    script = load_script()
+    outputs = {}
+    for flag in ([], ["--int8"]):
+        out = tmp_path / f"pred{len(flag)}.csv"
+        assert script.main(["--checkpoint", str(demo), "--csv", str(posts), "--out", str(out), *flag]) == 0
+        outputs[bool(flag)] = pd.read_csv(out)
+    assert "deprecated" not in capsys.readouterr().err
+    fp32, int8 = outputs[False], outputs[True]
+    assert len(fp32) == len(listing) >= 5
+    assert list(int8["label"]) == list(fp32["label"])
+    prob_columns = [c for c in fp32.columns if c.startswith("prob")]
+    assert prob_columns and (int8[prob_columns] - fp32[prob_columns]).abs().max().max() < 0.05

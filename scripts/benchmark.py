@@ -20,13 +20,13 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from clara.cli import OneLineParser, report_error  # noqa: E402
 from clara.config import DATASETS  # noqa: E402
+from clara.paths import OutputPathError, check_writable_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = OneLineParser("benchmark.py", __doc__)
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format and preset")
     parser.add_argument("--data-dir", required=True, type=Path, help="dataset folder in its raw format")
     parser.add_argument("--encoders", default="random-full", choices=("random-full", "tiny", "published"),
@@ -57,21 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("steps", "batch_size", "predict_runs"):
         if getattr(args, name) < 1:
-            print(f"benchmark.py: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
+            return report_error("benchmark.py", f"--{name.replace('_', '-')} must be at least 1")
     if not args.data_dir.is_dir():
-        print(f"benchmark.py: error: --data-dir {args.data_dir} is not a folder", file=sys.stderr)
-        return 2
+        return report_error("benchmark.py", f"--data-dir {args.data_dir} is not a folder")
+    if args.json is not None:
+        try:  # before minutes of measuring, not after
+            check_writable_file(args.json, "--json")
+        except OutputPathError as exc:
+            return report_error("benchmark.py", exc)
     from clara import benchmark
+    from clara.data import DatasetError
 
     if args.quality:
         seeds = [int(s) for s in args.quality_seeds.split(",") if s]
         variants = args.quality_variants.split(",") if args.quality_variants else None
         unknown = set(variants or []) - set(benchmark.QUALITY_VARIANTS)
         if unknown:
-            print(f"benchmark.py: error: unknown --quality-variants {sorted(unknown)}; choose from "
-                  f"{', '.join(benchmark.QUALITY_VARIANTS)}", file=sys.stderr)
-            return 2
+            return report_error("benchmark.py", f"unknown --quality-variants {sorted(unknown)}; choose from "
+                                                f"{', '.join(benchmark.QUALITY_VARIANTS)}")
         rows = benchmark.compare_quality(args.dataset, str(args.data_dir), str(args.output_dir),
                                          epochs=args.quality_epochs, seeds=seeds, batch_size=args.batch_size,
                                          variants=variants)
@@ -87,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir, threads=args.threads, quantize_check=not args.no_int8)
     try:
         report = benchmark.run_benchmark(options, log=lambda message: print(message, file=sys.stderr, flush=True))
+    except DatasetError as exc:  # the folder is not the dataset: a usage error
+        return report_error("benchmark.py", f"--data-dir {args.data_dir}: {exc}")
     except (RuntimeError, ValueError) as exc:
-        print(f"benchmark.py: error: {exc}", file=sys.stderr)
+        report_error("benchmark.py", exc)
         return 1
     print(benchmark.format_report(report))
     if args.json:

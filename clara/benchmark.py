@@ -39,11 +39,11 @@ from torch.utils.data import DataLoader
 
 from clara.config import Config, get_preset
 from clara.data import CLARADataset, Collator, LoadedDataset, load_dataset
-from clara.data.images import ImageTransform
+from clara.data.dataset import MODEL_INPUTS
+from clara.data.images import ImageTransform, model_image_transform
 from clara.train.losses import class_weights, clara_loss
 from clara.train.samplers import LengthGroupedSampler, build_sampler, count_classes, token_lengths
 
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,7 @@ class TrainRunner:
         texts = [s.text for s in data.splits["train"]]
         model, self.tokenizer = create_model(self.cfg, tokenizer_texts=texts, tokenizer=tokenizer)
         self.model = model.to(device).train()
-        stats = model.image_stats
-        self.transform = ImageTransform(stats.size, stats.mean, stats.std)
+        self.transform = model_image_transform(model)
         self.loader = build_train_loader(settings, self.cfg, data, self.tokenizer, self.transform, cache_dir, device)
         self.batches = _endless(self.loader)
         trainable = [p for p in self.model.parameters() if p.requires_grad]

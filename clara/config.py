@@ -122,9 +122,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":
         """Rebuild from `to_dict()` output; unknown keys are an error (they mean another code version)."""

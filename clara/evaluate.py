@@ -26,8 +26,8 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from clara.config import ABLATIONS, LABELS
+from clara.data.dataset import MODEL_INPUTS
 
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 SARCASTIC = "sarcastic"
 SUMMARY_METRICS = ("accuracy", "f1_weighted", "f1_macro")
 
@@ -101,8 +101,9 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], 
                    device: str | torch.device | None = None, ablations: bool = True) -> EvalResult:
     """Score `model` on every batch of `loader` (batches as clara.data.Collator makes them).
 
-    With `ablations`, each batch also goes through one forward per inference-time ablation
-    (no_verification, no_feedback, no_coattention, text_only, image_only), reported in
+    With `ablations`, each batch is also read by the fusion and heads once per inference-time
+    ablation (no_verification, no_feedback, no_coattention, text_only, image_only; the encoders
+    run once per batch), reported in
     `metrics["ablations"]`. Runs under torch.inference_mode with the model in eval mode (its
     previous mode is restored). Autocast set by the caller (e.g. accelerator.autocast()) applies.
     """
@@ -120,9 +121,13 @@ def evaluate_model(model: torch.nn.Module, loader: Iterable[Mapping[str, Any]], 
                 if "labels" not in batch:
                     raise ValueError("evaluation batches need labels: the samples carry no label")
                 inputs = {key: batch[key].to(device) for key in MODEL_INPUTS}
-                logits_parts.append(model(**inputs).logits.float().cpu())
+                # The encoders (nearly all the cost) run once; fusion and heads once per reading.
+                vision_tokens, text_tokens = model.encode(**inputs)
+                mask = inputs["attention_mask"]
+                logits_parts.append(model.decide(vision_tokens, text_tokens, mask).logits.float().cpu())
                 for name in names:
-                    ablation_parts[name].append(model(**inputs, ablation=name).logits.float().cpu())
+                    ablation_parts[name].append(
+                        model.decide(vision_tokens, text_tokens, mask, ablation=name).logits.float().cpu())
                 true_parts.append(torch.as_tensor(batch["labels"]).cpu())
                 ids.extend(str(i) for i in batch.get("ids", range(len(ids), len(ids) + len(batch["labels"]))))
     finally:
@@ -326,6 +331,39 @@ def prediction_rows(result: EvalResult, samples: Sequence[Any], labels: Sequence
 
 # --------------------------------------------------------------------------- from a checkpoint
 
+def score_split(loaded: Any, data: Any, split: str, device: torch.device, batch_size: int,
+                autocast: Any = None, ablations: bool = True, calibrate: bool = False,
+                num_workers: int = 0) -> tuple[dict[str, Any], EvalResult]:
+    """Score one split of a loaded dataset (clara.data.LoadedDataset) with a loaded checkpoint
+    (clara.checkpoint.LoadedCheckpoint): (metrics, result).
+
+    The metrics hold the inference-time ablations when `ablations`, and with `calibrate` the
+    calibration report fitted on val. One function for the end of training and for
+    evaluate_checkpoint, so scripts/evaluate.py recomputes what training wrote.
+    """
+    from torch.utils.data import DataLoader
+
+    from clara.data import CLARADataset, Collator
+    from clara.data.images import model_image_transform
+
+    cfg = loaded.config
+    transform = model_image_transform(loaded.model)
+    collator = Collator(loaded.tokenizer, max_length=cfg.data.max_text_length,
+                        pad_to_max_length=cfg.data.pad_to_max_length)
+
+    def loader(name: str) -> DataLoader:
+        return DataLoader(CLARADataset(data.splits[name], transform), batch_size=batch_size,
+                          shuffle=False, collate_fn=collator, num_workers=num_workers)
+
+    with autocast if autocast is not None else contextlib.nullcontext():
+        result = evaluate_model(loaded.model, loader(split), loaded.labels, device, ablations=ablations)
+        val = evaluate_model(loaded.model, loader("val"), loaded.labels, device, ablations=False) if calibrate else None
+    metrics = dict(result.metrics)
+    if val is not None:
+        metrics["calibration"] = calibration_report(val, result, cfg.train.selection_metric)
+    return metrics, result
+
+
 def evaluate_checkpoint(checkpoint_dir: str | Path, dataset: str, data_dir: str | Path, split: str = "test",
                         device: str | torch.device | None = None, batch_size: int | None = None,
                         ablations: bool = True, calibrate: bool | None = None,
@@ -340,12 +378,11 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, dataset: str, data_dir: str 
     to find published encoders in local folders on an offline machine. Raises CheckpointError (bad checkpoint), DatasetError (bad data folder) or
     EvaluationError (e.g. `dataset` is not the checkpoint's).
     """
-    from torch.utils.data import DataLoader
-
     from clara.checkpoint import load_checkpoint, read_checkpoint_info
-    from clara.data import CLARADataset, Collator, ImageTransform, load_dataset
+    from clara.data import load_dataset
     from clara.data.types import SPLITS
     from clara.inference import truncated_texts
+    from clara.train.loop import resolve_mixed_precision
 
     info = read_checkpoint_info(checkpoint_dir)
     if info.get("dataset") != dataset:
@@ -362,28 +399,15 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, dataset: str, data_dir: str 
                         check_images=cfg.data.check_images)
     if not data.splits.get(split):
         raise EvaluationError(f"the {split} split of {data_dir} is empty")
-    stats = loaded.model.image_stats
-    transform = ImageTransform(stats.size, stats.mean, stats.std)
-    collator = Collator(loaded.tokenizer, max_length=cfg.data.max_text_length,
-                        pad_to_max_length=cfg.data.pad_to_max_length)
-    labels = loaded.labels
-
-    def loader(name: str) -> DataLoader:
-        return DataLoader(CLARADataset(data.splits[name], transform), batch_size=batch_size or cfg.train.eval_batch_size,
-                          shuffle=False, collate_fn=collator)
-
     # The training loop evaluates under its mixed-precision autocast on a GPU (auto: bf16): do the same.
-    precision = "bf16" if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    precision = resolve_mixed_precision(cfg.train.mixed_precision)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     autocast = (torch.autocast(device.type, dtype=dtypes[precision])
-                if device.type == "cuda" and precision in dtypes else contextlib.nullcontext())
+                if device.type == "cuda" and precision in dtypes else None)
     calibrate = (cfg.train.calibrate and split == "test") if calibrate is None else calibrate
-    with autocast:
-        result = evaluate_model(loaded.model, loader(split), labels, device, ablations=ablations)
-        val = evaluate_model(loaded.model, loader("val"), labels, device, ablations=False) if calibrate else None
-    metrics = dict(result.metrics)
-    if val is not None:
-        metrics["calibration"] = calibration_report(val, result, cfg.train.selection_metric)
+    metrics, result = score_split(loaded, data, split, device, batch_size or cfg.train.eval_batch_size,
+                                  autocast=autocast, ablations=ablations, calibrate=calibrate)
+    labels = loaded.labels
     metrics.update({"dataset": dataset, "split": split, "protocol": data.protocol,
                     "checkpoint": str(checkpoint_dir), "params": info.get("params"),
                     # posts of the whole folder left out by the loader, per reason (never silently)

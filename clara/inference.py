@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 from clara.config import Config
-from clara.data.images import ImageTransform, open_image
+from clara.data.dataset import MODEL_INPUTS
+from clara.data.images import model_image_transform, open_image
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,7 @@ class Predictor:
         self.config = config
         self.labels: list[str] = list(labels)
         self.info = dict(info or {})
-        stats = model.image_stats
-        self.image_transform = ImageTransform(stats.size, stats.mean, stats.std)
+        self.image_transform = model_image_transform(model)
         self.max_length = config.data.max_text_length
         from clara.data.dataset import Collator
 

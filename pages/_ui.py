@@ -90,7 +90,8 @@ def current_entry() -> support.CheckpointEntry | None:
     path = st.session_state.get(CHECKPOINT)
     if not path or not Path(path).is_dir():
         return None
-    return support.read_checkpoint_entry(path, checkpoints_dir(), results_roots=[results_dir()])
+    # The sidebar and banner need no test metrics: reading every results folder on each rerun is waste.
+    return support.read_checkpoint_entry(path, checkpoints_dir(), results_roots=())
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")

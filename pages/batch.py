@@ -23,15 +23,14 @@ run_upload = c1.button("Predict the CSV", type="primary", key="batch_predict")
 run_examples = c2.button("Try it on the bundled examples", key="batch_examples")
 
 examples = support.load_examples(ui.EXAMPLES_DIR)
+sample_rows = [{"image": e.image_path.name, "text": e.text} for e in examples]
 if examples:
-    sample_rows = [{"image": e.image_path.name, "text": e.text} for e in examples]
     st.download_button("Download an example CSV (images: the examples/ folder)", support.rows_to_csv(sample_rows),
                        file_name="clara_batch_example.csv", mime="text/csv", key="batch_template")
 
 request = None
 if run_examples:
-    rows = [{"image": e.image_path.name, "text": e.text} for e in examples]
-    request = (support.rows_to_csv(rows), None, str(ui.EXAMPLES_DIR))
+    request = (support.rows_to_csv(sample_rows), None, str(ui.EXAMPLES_DIR))
 elif run_upload:
     if csv_upload is None:
         st.warning("Upload a CSV first.")

@@ -13,13 +13,14 @@ import json
 import sys
 from collections import Counter
 
+from clara.cli import OneLineParser
 from clara.config import DATASETS
 from clara.data import PROTOCOLS, DatasetError, LoadedDataset, load_dataset
 from clara.data.types import SPLITS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser("data_summary.py", __doc__)
     # Names are checked by load_dataset (not argparse choices) so a bad one gives a one-line error.
     parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
     parser.add_argument("--data-dir", required=True, help="the dataset folder")

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from clara.checkpoint import load_checkpoint, save_checkpoint
+from clara.cli import OneLineParser
 from clara.config import get_preset
 from clara.data.synthetic import read_meta, write_synthetic
 from clara.evaluate import summary_metrics
@@ -53,7 +54,7 @@ FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser("make_demo_checkpoint.py", __doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "demo", help="checkpoint folder")
     parser.add_argument("--examples", type=Path, default=ROOT / "examples", help="examples gallery folder")
     parser.add_argument("--posts", type=int, default=1000, help="synthetic posts to generate")

@@ -7,15 +7,15 @@ synthetic_meta.json records what a correct loader keeps and skips.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from clara.cli import OneLineParser
 from clara.data.synthetic import FORMATS, write_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser("make_synthetic.py", __doc__)
     parser.add_argument("--format", required=True, choices=FORMATS, help="raw format to write")
     parser.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
     parser.add_argument("--n", required=True, type=int, help="number of posts")

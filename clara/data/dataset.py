@@ -10,6 +10,9 @@ from torch.utils.data import Dataset
 from .images import open_image
 from .types import Sample
 
+# The batch keys CLARAModel.forward takes (a Collator batch also holds labels and ids).
+MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+
 
 class CLARADataset(Dataset):
     """Items `{"pixel_values": [3,S,S] float tensor, "text": str, "label": int, "id": str}`.

@@ -30,7 +30,7 @@ import ast
 from pathlib import Path
 
 from .images import ImageFolderIndex
-from .mvsa import VALID_ID, line_example, normalize_text, read_lines
+from .mvsa import VALID_ID, _seen_before, line_example, normalize_text, read_lines
 from .types import SPLITS, DatasetError, Sample, SkipReport
 
 TEXT_FILES = {"train": ("train.txt",), "val": ("valid2.txt", "val.txt", "valid.txt"),
@@ -131,10 +131,8 @@ def load_hfm(data_dir: Path, hfm_label: str, skipped: SkipReport,
                 skip("malformed_line", line_example(path, line_number, line, parsed), None)
                 continue
             post_id, raw_text, labels = parsed
-            if post_id in seen:
-                skip("duplicate_id", line_example(path, line_number, line), None)
+            if _seen_before(post_id, seen, skip, line_example(path, line_number, line)):
                 continue
-            seen.add(post_id)
             if split_name == "train" and not TRAIN_FILTER_TOKENS.isdisjoint(raw_text.split()):
                 skip("train_keyword_filter", post_id, post_id)
                 continue

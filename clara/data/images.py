@@ -222,3 +222,9 @@ class ImageTransform:
     def __repr__(self) -> str:
         return f"ImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
 
+
+def model_image_transform(model: Any) -> ImageTransform:
+    """The preprocessing of a model's vision encoder (`model.image_stats`: size, mean, std), as
+    training, evaluation and inference all use it."""
+    stats = model.image_stats
+    return ImageTransform(stats.size, stats.mean, stats.std)

@@ -71,9 +71,6 @@ NEUTRAL_WORDS = (
     "corner", "bridge", "river", "dog", "cat", "sky", "school", "class", "game", "team", "news",
     "update", "week", "year", "light", "door", "wall", "chair", "phone", "picture",
 )
-# Cai et al.'s train filter tokens (clara-reference.md §1); filler must never contain them.
-CAI_KEYWORDS = ("exgag", "sarcasm", "sarcastic", "reposting", "<url>", "joke", "humour", "humor",
-                "jokes", "irony", "ironic")
 LATIN1_WORDS = ("café", "señor", "naïve", "£5", "déjà", "über")
 EMOJI = ("📷", "☕", "🚌", "📍")
 

@@ -281,11 +281,6 @@ class AttentionMaps:
         """[layers, words, g, g]: head-averaged map per word (sub-word rows averaged)."""
         return self.words.pool(self.text_to_image.mean(axis=1), axis=1, reduce="mean")
 
-    @property
-    def head_mean_image_to_text(self) -> np.ndarray:
-        """[layers, 1+g*g, words]: head-averaged weights of each image token on each word."""
-        return self.words.pool(self.image_to_text.mean(axis=1), axis=-1, reduce="sum")
-
     def _select(self, array: np.ndarray, layer: int | None, head: int | None) -> np.ndarray:
         # take(..., [i]) keeps the axis and accepts negative indices (array[-1:0] would be empty)
         array = array if layer is None else np.take(array, [layer], axis=0)

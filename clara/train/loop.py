@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from clara.config import Config
-from clara.data import CLARADataset, Collator, ImageTransform, LoadedDataset, load_dataset
+from clara.data import CLARADataset, Collator, LoadedDataset, load_dataset
+from clara.data.dataset import MODEL_INPUTS
+from clara.data.images import model_image_transform
 from clara.train.losses import class_weights, clara_loss, weighted_cross_entropy
 from clara.train.resume import (ResumeState, interrupted_best_note, pack_training_state, read_resume_state,
                                 seed_epoch)
@@ -44,7 +46,6 @@ from clara.train.samplers import (LengthGroupedSampler, NegativeMixup, build_sam
                                   token_lengths)
 
 NEGATIVE_LABEL = "negative"
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
 
 
 class TrainingError(RuntimeError):
@@ -192,7 +193,7 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
         log(f"{n_truncated} of {len(train_samples)} train texts are longer than data.max_text_length="
             f"{cfg.data.max_text_length} tokens and are truncated, as in the published method")
 
-    transform = image_transform(model)
+    transform = model_image_transform(model)
     collator = Collator(tokenizer, max_length=cfg.data.max_text_length,
                         pad_to_max_length=cfg.data.pad_to_max_length, normalize=transform)
     image_cache = None
@@ -330,36 +331,17 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
                        metrics=metrics, history=history)
 
 
-def image_transform(model: torch.nn.Module) -> ImageTransform:
-    """The model's vision-encoder preprocessing (size, mean, std), as evaluation and inference use it."""
-    stats = model.image_stats
-    return ImageTransform(stats.size, stats.mean, stats.std)
-
-
 def _evaluate_best(cfg: Config, data: LoadedDataset, paths: RunPaths, accelerator: Accelerator, labels: list[str],
                    history: list[dict[str, Any]], best_epoch: int, param_counts: dict[str, int]) -> dict[str, Any]:
     """Reload the best checkpoint, score test (with the inference-time ablations) and val (for
-    calibration), write the results folder; main process only. Mirrors
-    clara.evaluate.evaluate_checkpoint, so scripts/evaluate.py recomputes the same numbers."""
+    calibration), write the results folder; main process only."""
     from clara.checkpoint import load_checkpoint
-    from clara.evaluate import calibration_report, evaluate_model, prediction_rows, write_results
+    from clara.evaluate import prediction_rows, score_split, write_results
 
     loaded = load_checkpoint(paths.best_dir, device=accelerator.device)
-    transform = image_transform(loaded.model)
-    collator = Collator(loaded.tokenizer, max_length=cfg.data.max_text_length,
-                        pad_to_max_length=cfg.data.pad_to_max_length)
-
-    def loader(split: str) -> DataLoader:
-        return DataLoader(CLARADataset(data.splits[split], transform), batch_size=cfg.train.eval_batch_size,
-                          shuffle=False, collate_fn=collator, num_workers=cfg.train.num_workers)
-
-    with accelerator.autocast():
-        test = evaluate_model(loaded.model, loader("test"), labels, accelerator.device, ablations=True)
-        val = evaluate_model(loaded.model, loader("val"), labels, accelerator.device, ablations=False) \
-            if cfg.train.calibrate else None
-    metrics = dict(test.metrics)
-    if val is not None:
-        metrics["calibration"] = calibration_report(val, test, cfg.train.selection_metric)
+    metrics, test = score_split(loaded, data, "test", accelerator.device, cfg.train.eval_batch_size,
+                                autocast=accelerator.autocast(), ablations=True, calibrate=cfg.train.calibrate,
+                                num_workers=cfg.train.num_workers)
     metrics.update({"dataset": cfg.data.dataset, "split": "test", "protocol": data.protocol,
                     "checkpoint": str(paths.best_dir), "params": param_counts, "best_epoch": best_epoch,
                     "ablation": cfg.model.ablation, "history": history})

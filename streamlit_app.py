@@ -1,14 +1,14 @@
 """clara dashboard entry point: `streamlit run streamlit_app.py`.
 
 Sets up the page, the session state shared by the pages (the checkpoint picked on Home) and the
-navigation; each page in pages/ is a thin view over `clara` (Predictor, Explainer, app_support).
+navigation; each page in pages/ lays out clara_app and the clara library.
 """
 import streamlit as st
 
-from pages import _ui as ui
+from clara_app import state, widgets
 
 st.set_page_config(page_title="clara · multimodal sentiment", page_icon=":material/image_search:", layout="wide")
-ui.init_state()
+state.init_state()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
@@ -21,7 +21,7 @@ PAGES = [
 ]
 navigation = st.navigation(PAGES)
 
-entry = ui.current_entry()
-ui.sidebar(entry)
-ui.demo_banner(entry)
+entry = state.current_entry()
+widgets.sidebar(entry)
+widgets.demo_banner(entry)
 navigation.run()

@@ -1,19 +1,18 @@
 """Predictions from a checkpoint: the one entry point the scripts and the app use.
 
-    predictor = Predictor.from_checkpoint("checkpoints/clara_mvsa_single_best")
-    [prediction] = predictor.predict(["post.jpg"], ["what a day"])
-    prediction.label, prediction.probs["positive"]
+    predictor = Predictor.from_pretrained("checkpoints/clara_mvsa_single_best")
+    [prediction] = predictor.predict(["post.jpg"], ["what a day"])  # .label, .probs["positive"]
 
-Images may be PIL images, paths or bytes (opened with clara.data.images.open_image). An empty
-text is allowed: the image then carries the evidence (text_only_probs shows how little the text
-said). A text longer than the model's max length is truncated, as in training, and flagged with
-`text_truncated=True`.
-
-The predictor holds no per-call mutable state: the model is put in eval mode once and every
-call runs under torch.inference_mode, so one cached instance can serve several threads.
+Images: PIL images, paths or bytes. An empty text is allowed (the image carries the evidence); a
+text longer than the model reads is truncated, as in training, and flagged `text_truncated`. No
+per-call mutable state (eval mode once, torch.inference_mode per call): one cached instance can
+serve several threads. A loaded checkpoint is prepared once (`prepare_for_inference`: LoRA folded
+into the base weights, dropout off, weights frozen) and runs at the precision `clara.precision`
+chooses for this machine (`predictor.path` says which; measurements: docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,11 +21,16 @@ from pathlib import Path
 from typing import Any, Union
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
+from torch import nn
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+from clara.checkpoint import load_checkpoint
 from clara.config import Config
-from clara.data.dataset import MODEL_INPUTS
+from clara.data.dataset import MODEL_INPUTS, build_collator, truncated_texts
 from clara.data.images import model_image_transform, open_image
+from clara.precision import autocast, default_device, resolve_precision
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
 
@@ -48,68 +52,139 @@ class Prediction:
         return asdict(self)
 
 
-def truncated_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[bool]:
-    """Per text, whether it has more than `max_length` tokens (special tokens included), i.e. is cut."""
-    lengths = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    return [len(ids) > max_length for ids in lengths]
+@dataclass(frozen=True)
+class InferencePath:
+    """Which code path a Predictor runs: what the benchmark records and the app may show."""
+    precision: str  # "fp32" | "bf16" (autocast) | "int8" (dynamic quantisation, fp32 activations)
+    lora: str  # "merged" (folded into the base weights) | "adapters" (run beside them)
+    weights: str  # how the encoders' Linear / Conv2d weights are stored
+    reason: str  # why this precision
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA adapter into its base layer and put the base layer back in its place (peft's
+    merge, as `merge_and_unload` does, also for the adapters injected without a PeftModel wrapper).
+    In place; returns how many layers were merged. Outputs equal the unmerged model's up to float
+    rounding (tests/test_inference.py)."""
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, BaseTunerLayer) or not name:
+            continue
+        module.merge(safe_merge=True)  # safe_merge: refuse adapters whose sum is not finite
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child_name, module.get_base_layer())
+        merged += 1
+    return merged
 
 
-def quantize_linear_int8(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """int8 dynamic quantisation (weights int8, activations quantised per batch) of every plain
-    `nn.Linear` except LoRA's small adapter matrices (peft reads their `.weight`)."""
+def encoder_width(model: nn.Module) -> int | None:
+    """The widest encoder's hidden size (what decides whether bf16 can pay), None if unknown."""
+    widths = [getattr(getattr(model, "vision", None), "hidden_size", None),
+              getattr(getattr(getattr(model, "text", None), "config", None), "hidden_size", None)]
+    widths = [int(w) for w in widths if isinstance(w, int)]
+    return max(widths) if widths else None
+
+
+def _encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The encoders' Linear and Conv2d layers (where nearly all the arithmetic is)."""
+    towers = [getattr(model, name) for name in ("vision", "text") if isinstance(getattr(model, name, None), nn.Module)]
+    return [m for tower in towers for m in tower.modules() if type(m) in (nn.Linear, nn.Conv2d)]
+
+
+def quantize_linear_int8(model: nn.Module, device: torch.device) -> nn.Module:
+    """int8 dynamic quantisation (weights int8 per output channel, activations quantised per batch) of
+    every plain `nn.Linear` except LoRA's small adapter matrices (peft reads their `.weight`; after
+    `merge_lora` there are none). Per channel: merged weights quantised per tensor moved the demo's
+    probabilities by up to 0.17, per channel 0.07 (docs/BENCHMARKS.md)."""
     if device.type != "cpu":
         raise ValueError(f"int8 dynamic quantisation runs on CPU only, not on {device}")
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-    targets = {name: default_dynamic_qconfig for name, module in model.named_modules()
-               if type(module) is torch.nn.Linear and ".lora_" not in name}
+    targets = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+               if type(module) is nn.Linear and ".lora_" not in name}
     with warnings.catch_warnings():
-        # torch 2.14 announces that torch.ao quantisation moves to torchao (not a dependency of ours);
-        # the user cannot act on it, docs/BENCHMARKS.md records it
+        # torch 2.14 announces that torch.ao quantisation moves to torchao, which measured slower
+        # here (docs/BENCHMARKS.md); the user cannot act on the notice
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
         warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
         return quantize_dynamic(model, qconfig_spec=targets, dtype=torch.qint8, inplace=True)
 
 
+def prepare_for_inference(model: nn.Module, device: str | torch.device, precision: str = "fp32",
+                          quantize: bool = False) -> nn.Module:
+    """The one preparation of a model for prediction and explanation, in place (pass a model nothing
+    else uses, never the training copy): on `device`, eval mode (dropout off), LoRA folded into the base
+    weights (`merge_lora`), every parameter frozen; `precision="bf16"` stores the encoders' Linear and
+    Conv2d weights in bf16 (exactly what bf16 autocast would cast them to on every call, once);
+    `quantize` then applies int8 dynamic quantisation (CPU, fp32 activations)."""
+    device = torch.device(device)
+    if quantize and precision != "fp32":
+        raise ValueError(f"int8 quantisation runs with fp32 activations, not precision={precision!r}")
+    model = model.to(device).eval()
+    merge_lora(model)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if precision == "bf16":
+        for layer in _encoder_layers(model):
+            layer.to(torch.bfloat16)
+    if quantize:
+        model = quantize_linear_int8(model, device)
+    return model
+
+
 class Predictor:
     """A model, its tokenizer and preprocessing, ready to predict image + text posts."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: Config, labels: Sequence[str],
+    def __init__(self, model: nn.Module, tokenizer: Any, config: Config, labels: Sequence[str],
                  device: str | torch.device | None = None, info: dict[str, Any] | None = None,
-                 quantize: bool = False):
-        """`quantize=True` (CPU only, opt-in): int8 dynamic quantisation of the frozen Linear layers,
-        faster on CPU at a small accuracy cost measured in docs/BENCHMARKS.md. It replaces modules
-        of `model` in place, so pass a model that nothing else uses."""
+                 quantize: bool = False, precision: str | None = None, prepare: bool = False):
+        """`precision`: `fp32`, `bf16` (autocast) or `auto`; None reads CLARA_PRECISION (default
+        `auto`: the machine's probe, for encoders wide enough; clara.precision.resolve_precision). `prepare=True` (what
+        `from_checkpoint` does) runs `prepare_for_inference` on `model` in place: pass a model nothing
+        else uses. Without it the model is only switched to eval mode and left as it is (it may be
+        trained further), and bf16 runs as autocast over its fp32 weights. `quantize=True` (CPU only,
+        opt-in; implies `prepare` and fp32 activations): int8 dynamic quantisation of the Linear layers."""
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
         if quantize:
-            self.model = quantize_linear_int8(self.model, self.device)
+            self.precision, reason = "fp32", "int8 dynamic quantisation (fp32 activations)"
+        else:
+            self.precision, reason = resolve_precision(precision, self.device, encoder_width(model))
+        if prepare or quantize:
+            self.model = prepare_for_inference(model, self.device, self.precision, quantize=quantize)
+        else:
+            self.model = model.to(self.device).eval()
+        weights = ("int8 (Linear), fp32 (Conv2d)" if quantize else
+                   "bf16" if self.precision == "bf16" and (prepare or quantize) else "fp32")
+        self.path = InferencePath(precision="int8" if quantize else self.precision,
+                                  lora="merged" if prepare or quantize else "adapters",
+                                  weights=weights, reason=reason)
         self.tokenizer = tokenizer
         self.config = config
         self.labels: list[str] = list(labels)
         self.info = dict(info or {})
         self.image_transform = model_image_transform(model)
         self.max_length = config.data.max_text_length
-        from clara.data.dataset import Collator
-
-        self.collator = Collator(tokenizer, max_length=self.max_length,
-                                 pad_to_max_length=config.data.pad_to_max_length)
+        self.collator = build_collator(config.data, tokenizer)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        overrides: dict[str, Any] | None = None, quantize: bool = False) -> "Predictor":
+                        overrides: dict[str, Any] | None = None, quantize: bool = False,
+                        precision: str | None = None, merge: bool = True) -> "Predictor":
         """Load a checkpoint folder (clara.checkpoint.load_checkpoint); device: cuda if available, else cpu.
-        `quantize`: int8 dynamic quantisation (CPU only; see __init__)."""
-        from clara.checkpoint import load_checkpoint
-
+        The loaded model is prepared for inference (LoRA merged; `merge=False` keeps the adapters and
+        their fp32 weights, for comparisons). `precision`, `quantize`: see __init__."""
         device = torch.device(device) if device is not None else default_device()
         loaded = load_checkpoint(path, device=device, overrides=overrides)
-        return cls(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, device, loaded.info, quantize=quantize)
+        return cls(loaded.model, loaded.tokenizer, loaded.config, loaded.labels, device, loaded.info,
+                   quantize=quantize, precision=precision, prepare=merge)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context every forward pass of `self.model` runs in (thread-local, so threads
+        sharing the predictor are unaffected); the explainers use it too."""
+        return autocast(self.precision, self.device)
+
+    from_pretrained = from_checkpoint  # the Hugging Face name (as CLARAModel.from_pretrained)
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -158,7 +233,7 @@ class Predictor:
     def _predict_batch(self, images: Sequence[ImageInput], texts: Sequence[str]) -> list[Prediction]:
         batch = self.encode(images, texts)
         inputs = {key: batch[key] for key in MODEL_INPUTS}
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             # The encoders (nearly all the cost) run once; fusion and heads once per reading.
             vision_tokens, text_tokens = self.model.encode(**inputs)
             mask = inputs["attention_mask"]

@@ -1,65 +1,101 @@
 """Attributions: Captum integrated gradients on the words and the pixels, occlusion, the text/image
-share of the decision and deletion curves (a faithfulness check), computed on request."""
+share of the decision and deletion curves (a faithfulness check), computed on request at the
+explanation defaults of clara.explain (EXPLAIN_DEFAULTS), with per-method progress and a time
+estimate measured on this server."""
 import math
+import time
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from clara import app_support as support
-from pages import _ui as ui
+from clara.explain import EXPLAIN_DEFAULTS, PatchGrid
+from clara.explain.render import highlight_words_html, legend_html
+from clara.inputs import check_image_upload
+from clara_app import figures, state, widgets
 
 METHODS = {
     "text_ig": "Integrated gradients on the words",
     "image_ig": "Integrated gradients on the pixels",
     "occlusion": "Occlusion of each image patch",
 }
+STEP_NAMES = {**METHODS, "modality_share": "Text/image share", "deletion": "Deletion curves"}
 PREDICTED = "the predicted class"
-MAX_GOOD_DELTA = 0.05  # |convergence delta| in probability units above which the steps are too few
+STEP_BUDGETS = sorted({EXPLAIN_DEFAULTS.n_steps * 2 ** k for k in range(6)} | {EXPLAIN_DEFAULTS.max_steps})
+# This page's session keys.
+METHODS_KEY, STEPS, TARGET, DELETION = "attr_methods", "attr_steps", "attr_target", "attr_deletion"  # widgets
+RESULT = "attributions"  # (request, image, explanation) of the last computation
 
 st.title("Attributions")
-st.caption("How much each word and each image region moves the probability of the explained class (Captum). "
-           "Green words and hot regions push towards it; red words push away.")
-predictor = ui.get_predictor()
+st.caption("How much each word and each image patch moves the probability of the explained class (Captum). "
+           "Green pushes towards it, red away from it, on every view of this page.")
+state.keep_widgets(METHODS_KEY, STEPS, TARGET, DELETION)
+predictor = state.get_predictor()
 labels = list(predictor.labels)
-post = ui.pick_post()
+post = widgets.pick_post()
 if post is None:
     st.stop()
+checkpoint = st.session_state.get(state.CHECKPOINT)
 
-for key, default in (("attr_methods", list(METHODS)), ("attr_steps", 64), ("attr_deletion", True)):
+for key, default in ((METHODS_KEY, [m for m in METHODS if m in EXPLAIN_DEFAULTS.methods]),
+                     (STEPS, EXPLAIN_DEFAULTS.max_steps), (DELETION, "deletion" in EXPLAIN_DEFAULTS.methods)):
     st.session_state.setdefault(key, default)
-ui.valid_choice("attr_target", [PREDICTED] + labels)
+state.valid_choice(STEPS, STEP_BUDGETS)
+state.valid_choice(TARGET, [PREDICTED] + labels)
 with st.form("attribution_settings"):
-    methods = st.multiselect("Methods", list(METHODS), format_func=METHODS.get, key="attr_methods")
+    methods = st.multiselect("Methods", list(METHODS), format_func=METHODS.get, key=METHODS_KEY)
     c1, c2, c3 = st.columns(3)
-    steps = c1.slider("Integration steps", min_value=8, max_value=128, step=8, key="attr_steps",
-                      help="More steps: a smaller convergence delta, a slower computation.")
-    target = c2.selectbox("Explain", [PREDICTED] + labels, key="attr_target")
-    with_deletion = c3.checkbox("Deletion curves", key="attr_deletion",
+    max_steps = c1.select_slider(
+        "Most integration steps", STEP_BUDGETS, key=STEPS,
+        help=f"Integrated gradients start with {EXPLAIN_DEFAULTS.n_steps} steps and add steps where the "
+             "completeness check fails (|convergence delta| at most "
+             f"{EXPLAIN_DEFAULTS.max_relative_delta:.0%} of the change of the probability) up to this many.")
+    target = c2.selectbox("Explain", [PREDICTED] + labels, key=TARGET)
+    with_deletion = c3.checkbox("Deletion curves (slow)", key=DELETION,
                                 help="Remove the most relevant patches/words first and watch the probability fall.")
     submitted = st.form_submit_button("Compute attributions", type="primary")
 
-request = (st.session_state.get(ui.CHECKPOINT), post.key, tuple(methods), steps, target, with_deletion)
+requested = list(methods) + ["modality_share"] + (["deletion"] if with_deletion else [])
+settings_key = (int(max_steps), target == PREDICTED)
+estimate = state.explain_estimate(checkpoint, settings_key, requested)
+request = (checkpoint, post.key, tuple(methods), max_steps, target, with_deletion)
 if submitted:
     if not methods:
         st.warning("Choose at least one method.")
         st.stop()
-    requested = list(methods) + ["modality_share"] + (["deletion"] if with_deletion else [])
     bar = st.progress(0.0, text="Preparing…")
+    started = time.perf_counter()
 
     def _progress(method: str, done: int, total: int) -> None:
-        name = METHODS.get(method, method.replace("_", " "))
-        status = "Done" if method == "done" else f"Computing: {name} ({done + 1}/{total})"
-        bar.progress(done / max(total, 1), text=status)
+        elapsed = time.perf_counter() - started
+        if method == "done":
+            bar.progress(1.0, text=f"Done in {elapsed:.0f} s")
+            return
+        name = STEP_NAMES.get(method, method.replace("_", " "))
+        if estimate:  # the bar moves by measured time, not by the count of methods
+            before = sum(estimate.get(m, 0.0) for m in ["prepare", *requested[:done]])
+            fraction = before / max(sum(estimate.values()), 1e-9)
+            left = max(sum(estimate.values()) - elapsed, 0.0)
+            status = f"Computing: {name} ({done + 1}/{total}) · about {left:.0f} s left (measured on this server)"
+        else:
+            fraction = done / max(total, 1)
+            status = f"Computing: {name} ({done + 1}/{total}) · {elapsed:.0f} s so far; first run: timing each step"
+        bar.progress(min(fraction, 1.0), text=status)
 
-    image = support.check_image_upload(post.image_bytes).image
-    explanation = ui.explainer_for(predictor, n_steps=steps).explain(
+    image = check_image_upload(post.image_bytes).image
+    explanation = state.explainer_for(predictor, max_steps=int(max_steps)).explain(
         image, post.text, target=None if target == PREDICTED else target, methods=requested, progress=_progress)
-    st.session_state["attributions"] = (request, image, explanation)
+    state.record_explain_timings(checkpoint, settings_key, explanation.timings)
+    st.session_state[RESULT] = (request, image, explanation)
 
-stored = st.session_state.get("attributions")
+stored = st.session_state.get(RESULT)
 if not stored or stored[0] != request:
-    st.info("Choose the settings and press **Compute attributions** (a few seconds on the demo checkpoint, "
-            "longer for a full-size model on a CPU).")
+    if estimate:
+        st.info(f"Press **Compute attributions**: about **{sum(estimate.values()):.0f} s** at these settings, "
+                "measured on this server on its last run of this checkpoint.")
+    else:
+        st.info("Press **Compute attributions**. Not timed on this server yet: the bar shows each step as it runs, "
+                "and later runs show an estimate measured from this one (a full-size model on a CPU takes "
+                "minutes).")
     st.stop()
 _, image, explanation = stored
 
@@ -68,28 +104,31 @@ st.markdown(f"Predicted **{explanation.label}**; explained class: **{explanation
 for method, why in explanation.skipped.items():
     st.warning(f"{method} was not computed: {why}")
 
-metrics = []
-if explanation.text_ig is not None:
-    metrics.append(("Text IG convergence delta", explanation.text_ig.convergence_delta))
-if explanation.image_ig is not None:
-    metrics.append(("Image IG convergence delta", explanation.image_ig.convergence_delta))
-if explanation.modality_share is not None and not math.isnan(explanation.modality_share.text):
-    metrics.append(("Text share of the decision", explanation.modality_share.text))
-    metrics.append(("Image share of the decision", explanation.modality_share.image))
-for column, (name, value) in zip(st.columns(max(len(metrics), 1)), metrics):
-    column.metric(name, f"{value:+.4f}" if "delta" in name else f"{value:.0%}")
-large = [name for name, value in metrics if "delta" in name and abs(value) > MAX_GOOD_DELTA]
-if large:
-    st.warning(f"{' and '.join(large)} above {MAX_GOOD_DELTA}: the integral is coarse. Raise the integration "
-               "steps for attributions that add up to the change of the probability.")
-if explanation.modality_share is not None:
-    st.caption(f"Modality share by {explanation.modality_share.method}. Convergence delta: sum of the "
-               "attributions minus the change of the output between baseline and input (0 is exact).")
+ig_results = [(name, result) for name, result in (("Text IG", explanation.text_ig), ("Image IG", explanation.image_ig))
+              if result is not None]
+metrics = [(f"{name} convergence delta", f"{result.convergence_delta:+.4f}",
+            f"{result.n_steps} steps; change of the probability {result.output_change:+.4f}"
+            if result.output_change is not None else f"{result.n_steps} steps")
+           for name, result in ig_results]
+share = explanation.modality_share
+if share is not None and not math.isnan(share.text):
+    metrics += [("Text share of the decision", f"{share.text:.0%}", None),
+                ("Image share of the decision", f"{share.image:.0%}", None)]
+for column, (name, value, note) in zip(st.columns(max(len(metrics), 1)), metrics):
+    column.metric(name, value, help=note)
+coarse = [name for name, result in ig_results if result.converged is False]
+if coarse:
+    st.warning(f"{' and '.join(coarse)} did not converge within {max_steps} steps: the attributions do not add up "
+               "to the change of the probability. Raise **Most integration steps**.")
+if share is not None:
+    st.caption(f"Modality share by {share.method}. Convergence delta: sum of the attributions minus the change "
+               "of the probability between baseline and input (0 is exact; converged when it is within "
+               f"{EXPLAIN_DEFAULTS.max_relative_delta:.0%} of that change).")
 
 if explanation.text_ig is not None:
     st.header("Words")
-    st.markdown(support.highlight_words_html(explanation.words, explanation.text_ig.word_scores),
-                unsafe_allow_html=True)
+    st.markdown(highlight_words_html(explanation.words, explanation.text_ig.word_scores), unsafe_allow_html=True)
+    st.caption(legend_html(explanation.target), unsafe_allow_html=True)
     st.dataframe([{"word": w, "attribution": float(s)} for w, s in zip(explanation.words,
                                                                          explanation.text_ig.word_scores)],
                  hide_index=True, key="word_attributions", height=200)
@@ -97,14 +136,16 @@ if explanation.text_ig is not None:
 image_results = [(name, result) for name, result in (("image_ig", explanation.image_ig),
                                                      ("occlusion", explanation.occlusion)) if result is not None]
 if image_results:
-    from clara.explain import overlay
-
     st.header("Image")
-    columns = st.columns(len(image_results) + 1)
-    columns[0].image(image, caption="input", width="stretch")
-    for column, (name, result) in zip(columns[1:], image_results):
-        column.image(overlay(image, result.patch_scores, alpha=0.55, image_size=explanation.image_size),
-                     caption=f"{METHODS[name]} (per patch)", width="stretch")
+    st.caption(figures.CROP_NOTE + " Signed scales centred at 0: green raises the probability of "
+               f"“{explanation.target}”, red lowers it.")
+    grid = PatchGrid(image_size=explanation.image_size, patch_size=explanation.patch_size,
+                             grid_size=explanation.grid_size)
+    colour_titles = {"image_ig": "IG score (p)", "occlusion": "drop of p if hidden"}
+    for column, (name, result) in zip(st.columns(len(image_results)), image_results):
+        column.plotly_chart(figures.heatmap_figure(image, result.patch_scores, grid, signed=True,
+                                                   colorbar_title=colour_titles[name], title=f"{METHODS[name]}"),
+                            key=f"map_{name}")
 
 if explanation.deletion:
     st.header("Deletion curves")
@@ -123,4 +164,5 @@ if explanation.deletion:
         st.plotly_chart(figure, key=f"deletion_{modality}")
 
 if explanation.timings:
-    st.caption("Time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in explanation.timings.items()))
+    st.caption("Time per step on this server: " + ", ".join(
+        f"{STEP_NAMES.get(k, k.replace('_', ' '))} {v:.1f} s" for k, v in explanation.timings.items()))

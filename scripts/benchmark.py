@@ -1,5 +1,6 @@
 """Benchmark CLARA: training samples/s with the published settings vs ours (interleaved), data
-loading, prediction latency, one explanation's time and peak memory (clara/benchmark.py).
+loading, prediction latency of each inference path (interleaved), one explanation at the library's
+defaults, the precision probe's decision and peak memory (clara/train/benchmark.py).
 
     python scripts/make_synthetic.py --format mvsa_single --out /tmp/bench/mvsa --n 240 --no-quirks --realistic
     python scripts/benchmark.py --encoders random-full --dataset mvsa_single --data-dir /tmp/bench/mvsa \\
@@ -20,9 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from clara.cli import OneLineParser, report_error  # noqa: E402
+from clara.cli import OneLineParser, report_error, run_main  # noqa: E402
 from clara.config import DATASETS  # noqa: E402
-from clara.paths import OutputPathError, check_writable_file  # noqa: E402
+from clara.outputs import OutputPathError, check_writable_file  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-explain", action="store_true", help="skip the explanation timing")
     parser.add_argument("--no-train", action="store_true", help="skip the training measurement")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 dynamic quantisation check")
+    parser.add_argument("--no-predictor-memory", action="store_true",
+                        help="skip the peak memory of one Predictor (measured in a process of its own)")
     parser.add_argument("--cache-dir", help="image cache folder (default: a folder in the temp dir)")
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
     parser.add_argument("--quality", action="store_true",
                         help="instead: tiny-encoder trainings with and without each optimisation, metrics side by side")
     parser.add_argument("--quality-epochs", type=int, default=6)
     parser.add_argument("--quality-seeds", default="1,2", help="comma-separated seeds (default 1,2)")
-    parser.add_argument("--quality-variants", help="comma-separated names from clara.benchmark.QUALITY_VARIANTS "
+    parser.add_argument("--quality-variants", help="comma-separated names from clara.train.benchmark.QUALITY_VARIANTS "
                                                    "(default: all)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/benchmark_quality"),
                         help="--quality: where the short runs write their checkpoints")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_file(args.json, "--json")
         except OutputPathError as exc:
             return report_error("benchmark.py", exc)
-    from clara import benchmark
+    from clara.train import benchmark
     from clara.data import DatasetError
 
     if args.quality:
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, data_dir=str(args.data_dir), encoders=args.encoders, device=args.device,
         steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
         predict_runs=args.predict_runs, explain=not args.no_explain, train=not args.no_train,
-        cache_dir=args.cache_dir, threads=args.threads, quantize_check=not args.no_int8)
+        cache_dir=args.cache_dir, threads=args.threads, quantize_check=not args.no_int8,
+        predictor_memory=not args.no_predictor_memory)
     try:
         report = benchmark.run_benchmark(options, log=lambda message: print(message, file=sys.stderr, flush=True))
     except DatasetError as exc:  # the folder is not the dataset: a usage error
@@ -103,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("benchmark.py", main)

@@ -1,5 +1,6 @@
 """Files the app tests upload: good images in each accepted format and the bad uploads the app must
-refuse with a message (a text file named .png, a truncated JPEG, a 20000x20000 image, an empty file)."""
+refuse with a message (a text file named .png, a truncated JPEG, a 20000x20000 image, an empty file);
+and the folders the app tests point the app at (copies of the bundled demos, never a user's runs)."""
 from __future__ import annotations
 
 import io
@@ -7,10 +8,14 @@ import os
 import shutil
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from clara.catalog import DEMO_FOLDERS
+from clara_app.state import CHECKPOINTS_ENV, RESULTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo"
@@ -91,3 +96,38 @@ def require_or_skip(available: bool, what: str) -> None:
 
 def tool_exists(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+@dataclass(frozen=True)
+class AppFolders:
+    """The checkpoints and results folders the app tests point the app at."""
+    checkpoints: Path
+    results: Path
+
+    @property
+    def demo(self) -> Path:
+        return self.checkpoints / DEMO_FOLDERS["mvsa_single"]
+
+
+def bundled_app_folders(root: Path) -> AppFolders:
+    """Copies of the bundled demo checkpoints (catalog.DEMO_FOLDERS) and an empty results folder
+    under `root`: never the working tree's checkpoints/ and results/, where a user's own runs land."""
+    require_demo()
+    folders = AppFolders(root / "checkpoints", root / "results")
+    for name in DEMO_FOLDERS.values():
+        if (ROOT / "checkpoints" / name / "config.json").is_file():
+            shutil.copytree(ROOT / "checkpoints" / name, folders.checkpoints / name)
+    folders.results.mkdir(parents=True)
+    return folders
+
+
+def point_app_at(folders: AppFolders, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the app (clara_app.state) read only `folders` for this test."""
+    monkeypatch.setenv(CHECKPOINTS_ENV, str(folders.checkpoints))
+    monkeypatch.setenv(RESULTS_ENV, str(folders.results))
+
+
+@pytest.fixture(scope="session")
+def app_folders(tmp_path_factory: pytest.TempPathFactory) -> AppFolders:
+    """One copy of the bundled demos for the whole test session (import this fixture to use it)."""
+    return bundled_app_folders(tmp_path_factory.mktemp("app_folders"))

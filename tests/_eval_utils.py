@@ -19,7 +19,7 @@ TEXTS = [
     "terrible traffic again, so sad",
 ]
 # Narrow fusion and heads keep every test model well under a million parameters.
-SMALL = {"model.encoders": "tiny", "model.hidden_dim": "32", "model.fusion_heads": "4"}
+SMALL = {"model.encoders": "tiny", "model.hidden_dim": "32", "model.fusion_heads": "4", "model.fusion": "token"}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -22,7 +22,7 @@ TEXTS = [
 
 # The presets' 512-wide fusion dominates a tiny model's cost; explanations run the model hundreds
 # of times, so the tests use a narrow fusion (same code paths).
-TINY_FUSION = {"model.hidden_dim": "64", "model.fusion_heads": "4"}
+TINY_FUSION = {"model.hidden_dim": "64", "model.fusion_heads": "4", "model.fusion": "token"}
 
 
 def tiny_config(dataset: str = "mvsa_single", **overrides: str) -> Config:

@@ -1,21 +1,27 @@
 """The dashboard under Streamlit's AppTest: every page on the bundled demo checkpoint, navigated with
 st.navigation (AppTest.switch_page), with uploads, text entry and buttons; asserts on what is shown.
 
-The model is cached with st.cache_resource, so it loads once for the whole module.
+The model is cached with st.cache_resource, so it loads once for the whole module. The app reads
+copies of the bundled demos (fixture `app_folders`), never the working tree's checkpoints/ and
+results/, where a user's own training runs land.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import shutil
 import zipfile
 
 import pandas as pd
 import pytest
 
-from clara import app_support as support
-from _app_utils import BAD_UPLOADS, DEMO_CHECKPOINT, EXAMPLES_DIR, ROOT, require_demo
+from clara import batch, catalog
+from clara.ocr import available_ocr_engines
+from clara_app.gallery import Example, load_examples
+from _app_utils import (BAD_UPLOADS, DEMO_CHECKPOINT, EXAMPLES_DIR, ROOT, app_folders,  # noqa: F401 (a fixture)
+                        point_app_at, require_demo)
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 TIMEOUT = 180
@@ -29,8 +35,8 @@ def check(at: AppTest) -> AppTest:
 
 
 @pytest.fixture
-def app() -> AppTest:
-    require_demo()
+def app(app_folders, monkeypatch) -> AppTest:
+    point_app_at(app_folders, monkeypatch)
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT)
     return check(at.run())
 
@@ -56,8 +62,8 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
-def examples() -> list[support.Example]:
-    return support.load_examples(EXAMPLES_DIR)
+def examples() -> list[Example]:
+    return load_examples(EXAMPLES_DIR)
 
 
 def predict_example(at: AppTest, index: int) -> AppTest:
@@ -68,14 +74,16 @@ def predict_example(at: AppTest, index: int) -> AppTest:
 
 # ----------------------------------------------------------------------------- home
 
-def test_home_opens_on_the_demo_with_its_banner(app):
+def test_home_opens_on_the_demo_with_its_banner(app, app_folders):
     assert "You are using the demo checkpoint" in texts(app.info)
     assert "not a real sentiment model" in texts(app.info)
     assert "python scripts/train.py --dataset mvsa_single --data-dir" in texts(app.info)
     table = frame(app, "checkpoint", "encoders")
     demo_row = table[table["checkpoint"] == "demo"].iloc[0]
     assert (demo_row["dataset"], demo_row["encoders"], demo_row["metrics split"]) == ("mvsa_single", "tiny", "test")
-    assert app.selectbox(key="checkpoint_picker").value == str(DEMO_CHECKPOINT)
+    assert app.selectbox(key="checkpoint_picker").value == str(app_folders.demo)
+    assert demo_row["data"] == "synthetic" and demo_row["training data"].startswith("synthetic")
+    assert "**Training data:** synthetic" in texts(app.markdown)
     assert "Device in use:" in texts(app.markdown) and "`cpu`" in texts(app.markdown)
     assert "demo" in texts(app.sidebar.markdown)
 
@@ -141,7 +149,7 @@ def test_predict_every_gallery_example(app):
         check(at.button(key=f"example_{index}").click().run())
         assert at.text_area(key="post_text").value == example.text
         if not example.text:  # the meme: its text is in the picture
-            if not support.tesseract_available():
+            if not available_ocr_engines():
                 at.text_area(key="image_text").set_value(example.note.split("'")[1])
             assert at.text_area(key="image_text").value
         check(at.button(key="predict").click().run())
@@ -166,7 +174,7 @@ def test_predict_an_upload_with_ocr_and_typed_text(app):
     check(at.run())
     assert any(caption.startswith("my meme.jpg · JPEG · 384x384") for caption in image_captions(at))
     ocr_text = at.text_area(key="image_text").value
-    if support.tesseract_available():
+    if available_ocr_engines():
         assert "OCR read" in texts(at.caption)
         assert ocr_text, "OCR found nothing in the meme example"
     else:
@@ -227,62 +235,19 @@ def test_predict_button_without_an_image_warns(app):
 
 # ----------------------------------------------------------------------------- explanations
 
-def test_attention_page_after_a_prediction(app):
-    at = predict_example(app, 0)
-    at = open_page(at, "attention")
-    assert at.selectbox(key="explain_post").value.startswith("Last prediction:")
-    words = examples()[0].text.split()
-    captions = image_captions(at)
-    assert captions[1].startswith("Attention: text tokens → patches")
-    assert captions[2].startswith("Relevancy of each patch for")
-    assert captions[3:3 + len(words)] == words  # one attention map per word
-    assert "Raw attention beside relevancy" in texts(at.header)
-    at.selectbox(key="attention_layer").set_value(1)
-    at.selectbox(key="attention_head").set_value(2)
-    check(at.run())
-    at.selectbox(key="attention_patch").set_value("row 2, column 3")
-    check(at.run())
-    assert len(at.get("plotly_chart")) == 2
-
-
-def test_attributions_page_computes_on_request(app):
-    at = open_page(app, "attributions")
-    assert "press **Compute attributions**" in texts(at.info)
-    at.slider(key="attr_steps").set_value(8)
-    check(at.button[0].click().run())  # the form's submit button
-    deltas = [m for m in at.metric if "convergence delta" in m.label]
-    assert len(deltas) == 2
-    shares = {m.label: float(m.value.rstrip("%")) for m in at.metric if "share" in m.label}
-    assert sum(shares.values()) == pytest.approx(100, abs=1)
-    example = support.load_examples(EXAMPLES_DIR)[0]
-    words = frame(at, "word", "attribution")
-    assert list(words["word"]) == example.text.split()
-    assert {"Words", "Image", "Deletion curves"} <= {h.value for h in at.header}
-    assert len(at.get("plotly_chart")) == 2  # image and text deletion curves
+# The Attention and Attributions pages: tests/test_app_explain.py (their figures, colour bars, patch clicks).
 
 
 # ----------------------------------------------------------------------------- metrics, errors, batch
 
-def test_metrics_page(app):
-    at = open_page(app, "metrics")
-    summary = frame(at, "run", "best epoch")
-    assert list(summary["run"]) == ["demo", "CLARA (published)"]
-    assert summary.iloc[1]["accuracy"] == 83.16
-    per_class = frame(at, "run", "class", "support")
-    assert len(per_class) == 6
-    assert len(frame(at, "variant", "f1_macro", exclude=("params",))) == 6 + 6
-    assert len(frame(at, "variant", "params")) == 4
-    assert len(at.get("plotly_chart")) >= 1 + 1 + 2  # per-class bars, a confusion matrix, two curves
-    at.radio(key="metrics_metric").set_value("precision")
-    check(at.run())
-
-
-def test_errors_page(app):
+def test_errors_page(app, app_folders):
     at = open_page(app, "errors")
-    run = next(r for r in support.find_results([], support.find_checkpoints(ROOT / "checkpoints"))
+    run = next(r for r in catalog.find_results([], catalog.find_checkpoints(app_folders.checkpoints))
                if r.name == "demo")
-    records = support.load_predictions(run)
-    wrong = support.misclassified(records)
+    assert at.selectbox(key="errors_run").value == "demo"
+    assert "demo · synthetic data" in at.selectbox(key="errors_run").options
+    records = catalog.load_predictions(run)
+    wrong = batch.misclassified(records)
     assert f"**{len(wrong)}** of {len(records)} test posts are misclassified" in texts(at.markdown)
     if not wrong:
         return
@@ -290,7 +255,7 @@ def test_errors_page(app):
     at.selectbox(key="errors_true").set_value(first.label)
     at.selectbox(key="errors_pred").set_value(first.predicted)
     check(at.run())
-    shown = support.misclassified(records, first.label, first.predicted)
+    shown = batch.misclassified(records, first.label, first.predicted)
     assert f"{len(shown)} post(s) match." in texts(at.caption)
     check(at.button(key=f"explain_{first.id}").click().run())
     assert "Relevancy for the predicted class" in texts(at.markdown)
@@ -299,14 +264,14 @@ def test_errors_page(app):
 def test_batch_page_on_the_examples_and_an_upload(app):
     at = open_page(app, "batch")
     check(at.button(key="batch_examples").click().run())
-    table = frame(at, "row", "error")
+    table = frame(at, "id", "error")
     bundled = examples()
     assert len(table) == len(bundled)
     # the meme's post text is empty: that row is refused with a message, the others are predicted
     assert list(table["error"].isna()) == [bool(e.text) for e in bundled]
     predicted = table[table["error"].isna()]
-    assert (predicted[[f"p_{label}" for label in LABELS]].sum(axis=1) - 1).abs().max() < 1e-4
-    assert list(predicted["label"]) == [e.label for e in bundled if e.text]
+    assert (predicted[[f"prob_{label}" for label in LABELS]].sum(axis=1) - 1).abs().max() < 1e-4
+    assert list(predicted["predicted"]) == [e.label for e in bundled if e.text]
 
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -318,7 +283,74 @@ def test_batch_page_on_the_examples_and_an_upload(app):
     at.file_uploader(key="batch_zip").set_value(("images.zip", archive.getvalue(), "application/zip"))
     check(at.run())
     check(at.button(key="batch_predict").click().run())
-    table = frame(at, "row", "error")
-    assert list(table["label"].fillna("")) == [bundled[0].label, ""]
+    table = frame(at, "id", "error")
+    assert list(table["predicted"].fillna("")) == [bundled[0].label, ""]
     assert table.iloc[1]["error"] == "'nowhere.jpg' is not in the uploaded ZIP."
     assert "**1** of 2 rows predicted" in texts(at.markdown)
+
+
+def _batch_upload(at: AppTest, rows: list[list[str]], archive: bytes | None = None) -> AppTest:
+    lines = io.StringIO()
+    csv.writer(lines).writerows([["image", "text"], *rows])
+    at.file_uploader(key="batch_csv").set_value(("posts.csv", lines.getvalue().encode(), "text/csv"))
+    if archive is not None:
+        at.file_uploader(key="batch_zip").set_value(("images.zip", archive, "application/zip"))
+    check(at.run())
+    return check(at.button(key="batch_predict").click().run())
+
+
+def test_batch_page_reads_no_server_file_without_a_configured_root(app, tmp_path):
+    """Without $CLARA_BATCH_ROOTS there is no folder option; rows naming server files are looked up
+    in the uploaded ZIP only, and each gets the same message whether or not the file exists."""
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(examples()[0].image_path.read_bytes())
+    at = open_page(app, "batch")
+    assert not at.text_input  # no images-folder box ...
+    assert "CLARA_BATCH_ROOTS" in texts(at.caption)  # ... but a line saying how to allow one
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(examples()[0].image_path, "ok.jpg")
+    refs = ["/etc/passwd", "/proc/self/mem", str(outside), str(tmp_path / "missing.jpg")]
+    at = _batch_upload(at, [["ok.jpg", "love it"], *[[ref, "text"] for ref in refs]], archive.getvalue())
+    table = frame(at, "id", "error")
+    assert table.iloc[0]["predicted"] in LABELS
+    assert [table.iloc[i + 1]["error"] for i in range(len(refs))] == [f"{ref!r} is not in the uploaded ZIP."
+                                                                      for ref in refs]
+
+
+def test_batch_page_never_reads_outside_the_configured_roots(app, tmp_path, monkeypatch):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "posts").mkdir(parents=True)
+    elsewhere.mkdir()
+    jpeg = examples()[0].image_path.read_bytes()
+    (root / "posts" / "inside.jpg").write_bytes(jpeg)
+    (elsewhere / "outside.jpg").write_bytes(jpeg)
+    (root / "posts" / "link.jpg").symlink_to(elsewhere / "outside.jpg")
+    monkeypatch.setenv("CLARA_BATCH_ROOTS", os.pathsep.join([str(root), str(tmp_path / "unused")]))
+    at = open_page(app, "batch")
+
+    at.text_input(key="batch_images_dir").set_value(str(elsewhere))  # a folder outside every root
+    at = _batch_upload(at, [["outside.jpg", "text"]])
+    assert "must lie inside one of the allowed folders" in texts(at.error)
+
+    at.text_input(key="batch_images_dir").set_value("posts")
+    refs = ["/etc/passwd", "/proc/self/mem", str(elsewhere / "outside.jpg"), str(elsewhere / "missing.jpg"),
+            "../../elsewhere/outside.jpg", "link.jpg"]
+    at = _batch_upload(at, [["inside.jpg", "love it"], *[[ref, "text"] for ref in refs]])
+    table = frame(at, "id", "error")
+    assert table.iloc[0]["predicted"] in LABELS and pd.isna(table.iloc[0]["error"])
+    folder = (root / "posts").resolve()
+    assert [table.iloc[i + 1]["error"] for i in range(len(refs))] == [
+        f"{ref!r} points outside the images folder {folder}." for ref in refs]
+    assert f"**1** of {len(refs) + 1} rows predicted" in texts(at.markdown)
+
+
+def test_upload_widgets_state_and_enforce_the_per_kind_limits(app):
+    from clara.inputs import UPLOAD_LIMITS_MB
+
+    uploaders = {u.key: u for page in ("predict", "batch") for u in open_page(app, page).file_uploader}
+    for key, kind in (("upload", "image"), ("batch_csv", "csv"), ("batch_zip", "zip")):
+        assert uploaders[key].proto.max_upload_size_mb == UPLOAD_LIMITS_MB[kind]
+        assert f"up to {UPLOAD_LIMITS_MB[kind]} MB" in uploaders[key].label
+
+

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from clara.benchmark import our_settings, published_settings
+from clara.explain import EXPLAIN_DEFAULTS
+from clara.train.benchmark import our_settings, published_settings
 from clara.data.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "benchmark.py"
 
 
-def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
@@ -46,9 +47,27 @@ def test_cli_writes_the_contract_json(tmp_path):
     assert 0 < predict["p50_ms"] <= predict["p95_ms"] and predict["batch_samples_per_s"] > 0
     int8 = report["predict_int8"]
     assert 0.0 <= int8["label_agreement"] <= 1.0 and 0.0 <= int8["max_prob_change"] <= 1.0
-    assert report["explain_s"] > 0 and report["explain"]["n_steps"] == 50
+    # every inference path side by side, the default one named, each compared with fp32 + adapters
+    paths = report["predict_paths"]
+    assert {"fp32_adapters", "merged_fp32", "int8"} <= set(paths) and report["default_path"] in paths
+    assert predict == paths[report["default_path"]] and int8 == paths["int8"]
+    assert paths["merged_fp32"]["path"]["lora"] == "merged" and paths["fp32_adapters"]["path"]["lora"] == "adapters"
+    for name, run in paths.items():
+        assert 0 < run["p50_ms"] <= run["p95_ms"] and ("label_agreement" in run) == (name != "fp32_adapters")
+    assert paths["merged_fp32"]["max_prob_change"] < 1e-4  # merging regroups fp32 arithmetic only
+    probe = report["precision_probe"]
+    assert probe["precision"] in ("fp32", "bf16") and probe["capability"] == report["machine"]["cpu_capability"]
+    assert ("merged_bf16" in paths) == (tuple(probe["shape"]) != (32, 128, 128))  # not timed when emulated
+    for breakdown in report["predict_breakdown"].values():
+        assert breakdown["vision_ms"] > 0 and breakdown["text_ms"] > 0 and breakdown["predict_ms"] > 0
+    explain = report["explain"]
+    assert report["explain_s"] > 0 and explain["n_steps"] == EXPLAIN_DEFAULTS.n_steps
+    assert set(explain["convergence"]) == {"text_ig", "image_ig"}
+    assert all(c["steps"] >= EXPLAIN_DEFAULTS.n_steps for c in explain["convergence"].values())
+    memory = report["predictor_peak_memory_mb"]
+    assert 100 < memory["built"] <= memory["predicting"] <= memory["explaining"] < 64_000
     assert 100 < report["peak_memory_mb"] < 64_000
-    assert "published_settings" in done.stdout and "speedup" in done.stdout
+    assert "published_settings" in done.stdout and "speedup" in done.stdout and "precision probe" in done.stdout
 
 
 def test_cli_refuses_bad_arguments(tmp_path):

@@ -1,6 +1,7 @@
-"""The running app in a real headless browser: `streamlit run` as a subprocess, Debian's chromium
-driven by selenium. One prediction on a bundled example, a real (bad) file upload, and a visit to
-every main page.
+"""The running app in a real headless browser: `streamlit run` as a subprocess (pointed at copies of
+the bundled demos), Debian's chromium driven by selenium. The main journey: upload an example image
+(OCR pre-fills the meme's text), predict, choose a patch by clicking the picture on Attention,
+Attributions at their defaults, Metrics; a real (bad) upload; the layout on a phone-sized window.
 
 Skipped when chromium/chromedriver are missing, unless CI=true (then it fails). Screenshots of each
 main page go to $CLARA_SCREENSHOTS when set (`CLARA_SCREENSHOTS=docs/screenshots python -m pytest
@@ -18,14 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from clara import app_support as support
-from _app_utils import EXAMPLES_DIR, ROOT, require_demo, require_or_skip, text_renamed_png_bytes
+from clara_app.gallery import load_examples
+from clara_app.state import CHECKPOINTS_ENV, RESULTS_ENV
+from _app_utils import EXAMPLES_DIR, ROOT, bundled_app_folders, require_demo, require_or_skip, text_renamed_png_bytes
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("CLARA_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CLARA_CHROMEDRIVER", "/usr/bin/chromedriver")
 WINDOW = (1280, 1500)
+PHONE = (390, 844)
 SIDEBAR_WIDTH, SCROLLBAR_WIDTH = 320, 20  # px of the screenshot taken by the sidebar and the scroll bar
 WRITE_SCREENSHOTS = bool(os.environ.get("CLARA_SCREENSHOTS"))
 START_TIMEOUT = 90
@@ -45,7 +48,9 @@ def server(tmp_path_factory):
     require_demo()
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    folders = bundled_app_folders(tmp_path_factory.mktemp("app_folders"))  # never the user's own runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2",
+           CHECKPOINTS_ENV: str(folders.checkpoints), RESULTS_ENV: str(folders.results)}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
@@ -170,63 +175,99 @@ def screenshot(driver, folder: Path, name: str, height: int | None = None) -> Pa
     return path
 
 
-def test_predict_an_example_in_a_real_browser(server, browser, shots, tmp_path):
+def element_top(driver, css: str) -> float:
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, css).rect["y"]
+
+
+def click_picture(driver, chart_key: str, dx: float = 0.0, dy: float = 0.0) -> None:
+    """Click a plotly chart's plot area at (dx, dy) from its centre, in fractions of its size."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    example = support.load_examples(EXAMPLES_DIR)[0]
+    chart = driver.find_element(By.CSS_SELECTOR, f".st-key-{chart_key} [data-testid='stPlotlyChart']")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", chart)
+    time.sleep(0.5)
+    plot = chart.find_element(By.CSS_SELECTOR, ".nsewdrag")
+    size = plot.rect
+    ActionChains(driver).move_to_element_with_offset(plot, int(dx * size["width"]), int(dy * size["height"])) \
+        .click().perform()
+
+
+def selected_option(driver, label_start: str) -> str:
+    """The shown value of the select box whose label starts with `label_start`."""
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, f"input[aria-label^='{label_start}']").get_attribute("value")
+
+
+def test_the_main_journey_in_a_real_browser(server, browser, shots, tmp_path):
+    """Upload the meme, predict, click a patch on Attention, Attributions at the defaults, Metrics."""
+    from selenium.webdriver.common.by import By
+
+    meme = next(e for e in load_examples(EXAMPLES_DIR) if e.name.startswith("meme_"))
     browser.get(server)
     wait_for_text(browser, "You are using the demo checkpoint")
     wait_until_idle(browser)
     screenshot(browser, shots, "home")
 
-    go_to(browser, "predict", "Try an example")
-    click_button(browser, "Try it")
-    wait_for_text(browser, f"{example.name} · JPEG · 96x96")  # the chosen image's caption
+    go_to(browser, "predict", "try an example")
+    browser.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(meme.image_path))
+    wait_for_text(browser, f"{meme.image_path.name} · JPEG")  # the uploaded image's caption
+    wait_for_text(browser, "OCR read")  # rapidocr (requirements.txt) or tesseract pre-fills the image text
     wait_until_idle(browser)
-    post_box = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label^='Post text']")
-    assert post_box.get_attribute("value") == example.text
+    image_text = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label^='Text in the image']")
+    assert meme.note.split("'")[1] in image_text.get_attribute("value").split()
     click_button(browser, "Predict")
-    wait_for_text(browser, f"Prediction: {example.label}")
+    wait_for_text(browser, f"Prediction: {meme.label}")
     wait_until_idle(browser)
     values = [v.text for v in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
-    assert values[0] == example.label
-    assert "The verification head" in body_text(browser)
+    assert values[0] == meme.label
+    assert "Uncertainty head" in body_text(browser) and "The verification head" in body_text(browser)
+    # wide screen: the result stands beside the input, not below it
+    result_top = element_top(browser, '[data-testid="stHeading"]:has(h2)')
+    assert result_top < element_top(browser, "textarea[aria-label^='Post text']")
     sidebar = browser.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text
     assert "Checkpoint in use" in sidebar and "demo" in sidebar
-    screenshot(browser, shots, "predict", height=2300)
+    screenshot(browser, shots, "predict", height=1800)
 
+    go_to(browser, "attention", "Raw attention beside relevancy")
+    assert selected_option(browser, "Image patch") == "all patches (mean)"
+    grid = int(body_text(browser).split(" patches of ")[0].split("·")[-1].strip().split("x")[0])
+    row, column = 1, grid - 2  # a click at the centre of that patch of the (square) picture
+    click_picture(browser, "attention_patch_picker", (column + 0.5) / grid - 0.5, (row + 0.5) / grid - 0.5)
+    wait_until_idle(browser)
+    chosen = f"row {row + 1}, column {column + 1}"
+    assert selected_option(browser, "Image patch") == chosen
+    wait_for_text(browser, f"Attention of {chosen} on each word", timeout=30)  # the bars redrawn for it
+    screenshot(browser, shots, "attention", height=2600)
+
+    go_to(browser, "attributions", "Compute attributions")
+    click_button(browser, "Compute attributions")  # every setting at its default
+    wait_for_text(browser, "Time per step on this server")
+    wait_until_idle(browser)
+    assert "did not converge" not in body_text(browser)
+    assert "Deletion curves" not in [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+    screenshot(browser, shots, "attributions", height=2600)
+
+    go_to(browser, "metrics", "Confusion matrices")
+    screenshot(browser, shots, "metrics", height=2600)
+    assert "Traceback" not in body_text(browser)
+
+
+def test_a_bad_upload_and_the_other_pages_in_a_real_browser(server, browser, shots, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server)  # a new session
+    wait_for_text(browser, "You are using the demo checkpoint")
+    wait_until_idle(browser)
+    go_to(browser, "predict", "try an example")
     # a real upload through the browser's file input: a text file named .png is refused on the page
     bad = tmp_path / "notes.png"
     bad.write_bytes(text_renamed_png_bytes())
     browser.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(bad))
     wait_for_text(browser, "not a PNG, JPEG, WebP or GIF image")
     wait_until_idle(browser)
-    assert "Traceback" not in body_text(browser)
 
-
-def test_every_main_page_renders_in_a_real_browser(server, browser, shots):
-    browser.get(server)  # a new session
-    wait_for_text(browser, "You are using the demo checkpoint")
-    wait_until_idle(browser)
-    go_to(browser, "predict", "Try an example")
-    click_button(browser, "Try it")
-    wait_for_text(browser, " · JPEG · 96x96")
-    wait_until_idle(browser)
-    click_button(browser, "Predict")
-    wait_for_text(browser, "Prediction:")
-    wait_until_idle(browser)
-    go_to(browser, "attention", "Raw attention beside relevancy")
-    screenshot(browser, shots, "attention", height=2000)
-
-    go_to(browser, "attributions", "Compute attributions")
-    if WRITE_SCREENSHOTS:  # computing takes a while; AppTest covers it, the README shows it
-        click_button(browser, "Compute attributions")
-        wait_for_text(browser, "Deletion curves")
-        wait_until_idle(browser)
-        screenshot(browser, shots, "attributions", height=2300)
-
-    go_to(browser, "metrics", "Confusion matrices")
-    screenshot(browser, shots, "metrics", height=2300)
     go_to(browser, "errors", "test posts are misclassified")
     screenshot(browser, shots, "errors")
     go_to(browser, "batch", "Batch prediction")
@@ -235,3 +276,37 @@ def test_every_main_page_renders_in_a_real_browser(server, browser, shots):
     wait_until_idle(browser)
     screenshot(browser, shots, "batch")
     assert "Traceback" not in body_text(browser)
+
+
+def test_on_a_phone_the_uploader_comes_before_the_gallery(server, browser):
+    browser.set_window_size(*PHONE)
+    try:
+        browser.get(f"{server}/predict")  # a new session; on a phone the sidebar is folded away
+        wait_for_text(browser, "try an example")
+        wait_until_idle(browser)
+        uploader = element_top(browser, '[data-testid="stFileUploader"]')
+        first_example = element_top(browser, '[data-testid="stImage"]')
+        post_text = element_top(browser, "textarea[aria-label^='Post text']")
+        assert uploader < first_example < post_text
+        assert post_text - uploader < 2 * PHONE[1], "the gallery pushes the text boxes far below the uploader"
+    finally:
+        browser.set_window_size(*WINDOW)
+
+
+def test_a_page_keeps_its_widget_values_across_a_visit_elsewhere(server, browser):
+    """Each page declares the widgets it keeps (clara_app.state.keep_widgets): text typed on
+    Predict is still there after a visit to Metrics (Streamlit would drop it otherwise)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server)  # a new session
+    wait_for_text(browser, "You are using the demo checkpoint")
+    wait_until_idle(browser)
+    go_to(browser, "predict", "try an example")
+    post_box = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label^='Post text']")
+    post_box.send_keys("kept while away", Keys.CONTROL, Keys.ENTER)  # ctrl+enter submits a text area
+    wait_until_idle(browser)
+    go_to(browser, "metrics", "Confusion matrices")
+    go_to(browser, "predict", "try an example")
+    post_box = browser.find_element(By.CSS_SELECTOR, "textarea[aria-label^='Post text']")
+    assert post_box.get_attribute("value") == "kept while away"

@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import clara.checkpoint as checkpoint
+import clara.checkpoint.folder as checkpoint
 from clara.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from clara.config import parse_assignments
 from _eval_utils import (build_model, model_batch, one_thread, published_config, tiny_config,  # noqa: F401
                          write_encoder_folders)
 
@@ -63,9 +64,24 @@ def test_save_then_load_gives_identical_weights_and_logits(tiny):
     assert loaded.labels == ["positive", "neutral", "negative"]
 
 
+def test_hugging_face_style_names_round_trip(tiny, tmp_path):
+    from clara.inference import Predictor
+    from clara.model import CLARAModel
+
+    model, tokenizer, cfg, _ = tiny
+    folder = model.save_pretrained(tmp_path / "hf_style", tokenizer, cfg, metrics={"epoch": 2})
+    assert json.loads((folder / "metrics.json").read_text()) == {"epoch": 2}
+    reloaded = CLARAModel.from_pretrained(folder)
+    assert isinstance(reloaded, CLARAModel) and not reloaded.training
+    original = model.state_dict()
+    assert all(torch.equal(original[key], value) for key, value in reloaded.state_dict().items())
+    predictor = Predictor.from_pretrained(folder, device="cpu")
+    assert predictor.labels == cfg.labels and predictor.device == torch.device("cpu")
+
+
 def test_folder_layout_and_config_json(tiny):
     model, _, cfg, folder = tiny
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "history.json", "metrics.json",
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "history.json", "metrics.json",
                                                        "model.safetensors", "tokenizer"]
     info = json.loads((folder / "config.json").read_text())
     assert info["format_version"] == 1 and info["weights"] == "full"
@@ -141,13 +157,13 @@ def test_encoders_moved_to_other_folders_load_through_overrides(encoder_folders,
     shutil.rmtree(tmp_path / "moved")
     with pytest.raises(CheckpointError, match="cannot rebuild the encoders of .*moved/vision"):
         load_checkpoint(folder)
-    overrides = checkpoint.parse_overrides([f"model.vision_encoder={encoder_folders[0]}",
-                                            f"model.text_encoder={encoder_folders[1]}"])
+    overrides = parse_assignments([f"model.vision_encoder={encoder_folders[0]}",
+                                   f"model.text_encoder={encoder_folders[1]}"])
     loaded = load_checkpoint(folder, overrides=overrides)
     batch = model_batch(model, tokenizer)
     assert torch.equal(logits_of(model, batch), logits_of(loaded.model, batch))
     with pytest.raises(ValueError, match="expected SECTION.FIELD=VALUE"):
-        checkpoint.parse_overrides(["vision_encoder"])
+        parse_assignments(["vision_encoder"])
     with pytest.raises(CheckpointError, match="bad override .*unknown config key 'model.vision'"):
         load_checkpoint(folder, overrides={"model.vision": "x"})
 

@@ -1,6 +1,6 @@
 """One cached model, several app sessions at once (issue 7, "Concurrency").
 
-The app keeps one `Predictor` per checkpoint in `st.cache_resource` (pages/_ui.py `_load_predictor`),
+The app keeps one `Predictor` per checkpoint in `st.cache_resource` (clara_app/state.py `_load_predictor`),
 shared by every browser session, and builds a cheap `Explainer` around it per request
 (`explainer_for`). Streamlit runs each session's script in its own thread, so this test does the
 same with a thread pool: one Predictor (the committed demo checkpoint), one Explainer, 8 jobs,
@@ -108,7 +108,7 @@ def test_concurrent_predictions_and_explanations_equal_sequential_ones(shared):
         assert _all_hooks(model) == {} and _global_hooks() == 0
         before = model_fingerprint(model)
         state_before = {k: v.clone() for k, v in model.state_dict().items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), predictor.autocast():  # the precision the predictor runs its model at
             logits_before = model(**probe_inputs).logits.clone()
 
         sequential = [job(post) for post in posts]
@@ -118,7 +118,7 @@ def test_concurrent_predictions_and_explanations_equal_sequential_ones(shared):
         with ThreadPoolExecutor(max_workers=N_THREADS) as pool:
             reversed_order = list(pool.map(job, posts[::-1]))[::-1]
 
-        with torch.inference_mode():
+        with torch.inference_mode(), predictor.autocast():  # the precision the predictor runs its model at
             logits_after = model(**probe_inputs).logits.clone()
 
     # the jobs really differ, and every method was computed (nothing skipped)

@@ -11,7 +11,8 @@ from PIL import Image
 
 from _data_fixtures import BLUE, RED, image_bytes
 from clara.data import MAX_IMAGE_PIXELS, ImageError, ImageTransform, open_image
-from clara.data.images import ImageFolderIndex, verify_images
+from clara.data.images import (MAX_ASPECT_RATIO, MAX_IMAGE_SIDE, MIN_KEPT_SHORTER_SIDE, ImageFolderIndex,
+                               verify_images)
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -130,3 +131,60 @@ def test_image_transform_resizes_crops_and_normalises():
     assert "image_size=224" in repr(clip)
     with pytest.raises(ValueError, match="3 values"):
         ImageTransform(8, mean=(0.5,), std=(0.5,))
+
+
+def test_side_and_aspect_limits_are_checked_from_the_header():
+    """Header-only PNGs (no pixel data): the refusal comes before any decoding is tried."""
+    assert (MAX_IMAGE_SIDE, MAX_ASPECT_RATIO) == (12_000, 20)
+    with pytest.raises(ImageError, match="1x400000: its longer side is over the limit of 12,000 pixels"):
+        open_image(png_header_only(1, 400_000))
+    with pytest.raises(ImageError, match=r"12000x1 is too thin \(aspect ratio over 20:1\)"):
+        open_image(png_header_only(12_000, 1))
+    with pytest.raises(ImageError, match=r"50x1001 is too thin"):
+        open_image(png_header_only(50, 1001))
+    with pytest.raises(ImageError, match="cannot decode"):  # within every limit: decoding is tried (and fails)
+        open_image(png_header_only(50, 1000))
+    with pytest.raises(ImageError, match="too thin"):  # an already decoded PIL image is held to the same limits
+        open_image(Image.new("RGB", (2100, 100)))
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _halves(width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), RED)
+    image.paste(BLUE, (0, 0, width // 2, height))  # left half blue
+    return image
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_large_images_are_shrunk_right_after_decoding(fmt):
+    # 2000x1000: the shorter side (1000) holds MIN_KEPT_SHORTER_SIDE (448) twice -> halved
+    image = open_image(_encoded(_halves(2000, 1000), fmt))
+    assert image.size == (1000, 500) and image.mode == "RGB"
+    assert close(image.getpixel((100, 250)), BLUE, 20) and close(image.getpixel((900, 250)), RED, 20)
+    assert open_image(_encoded(_halves(895, 2000), fmt)).size == (895, 2000)  # 895 < 2 x 448: kept
+    assert open_image(_halves(2000, 4000)).size == (500, 1000)  # a PIL image too (factor 4)
+    shorter = min(open_image(_encoded(_halves(4000, 1800), fmt)).size)  # JPEG: decoded at 1/2 or 1/4 scale
+    assert MIN_KEPT_SHORTER_SIDE <= shorter < 2 * MIN_KEPT_SHORTER_SIDE
+
+
+def test_shrinking_keeps_orientation_transparency_and_palette_colours():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise: the stored left half ends on top
+    rotated = open_image(_encoded(_halves(2000, 1000), "JPEG", exif=exif.tobytes()))
+    assert rotated.size == (500, 1000)
+    assert close(rotated.getpixel((250, 100)), BLUE, 20) and close(rotated.getpixel((250, 900)), RED, 20)
+    palette = _halves(1000, 1000).convert("P", palette=Image.ADAPTIVE, colors=4)
+    blue_index = palette.getpixel((0, 0))
+    shrunk = open_image(_encoded(palette, "PNG", transparency=blue_index))  # blue becomes transparent
+    assert shrunk.size == (500, 500)
+    assert shrunk.getpixel((100, 250)) == (255, 255, 255) and close(shrunk.getpixel((400, 250)), RED, 2)
+
+
+def test_a_shrunk_image_still_fills_the_model_input():
+    clip = ImageTransform(224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert clip(open_image(_encoded(_halves(4000, 3000), "PNG"))).shape == (3, 224, 224)

@@ -34,9 +34,14 @@ def test_single_raw_clara_protocol(single_raw):
     assert summary == {
         "dataset": "mvsa_single", "layout": "raw", "protocol": "clara", "total": 22,
         "class_counts": {"positive": 10, "neutral": 5, "negative": 7},
-        # per class floor(0.7 n) / floor(0.15 n) / rest: 7/1/2 + 3/0/2 + 4/1/2
-        "splits": {"train": 14, "val": 2, "test": 6},
+        # Split over the notebook's set (empty, undecodable and unreadable posts included; id 1
+        # neutral, as its last agreeing line says), per class floor(0.7 n) / floor(0.15 n) / rest:
+        # positive 2-10, 43, 44: 7/1/3; neutral 1, 11-15, 46: 4/1/2; negative 16-22, 42, 45: 6/1/2
+        # = 17/3/7; then the five refused posts are removed: 4 from train, 1 from test.
+        "splits": {"train": 13, "val": 3, "test": 6},
         "skipped": {**COMMON_SINGLE_SKIPS, "labels_disagree": 6, "missing_image": 1},
+        "removed_after_split": {"train": {"empty_text": 1, "undecodable_text": 1, "unreadable_image": 2},
+                                "val": {}, "test": {"unreadable_image": 1}},
     }
     assert loaded.skipped.examples["labels_disagree"] == [
         "30 (text positive, image neutral)", "31 (text neutral, image negative)",
@@ -58,8 +63,12 @@ def test_single_raw_standard_protocol(single_raw):
     assert summary["protocol"] == "standard"
     assert summary["total"] == 26
     assert summary["class_counts"] == {"positive": 12, "neutral": 5, "negative": 9}
-    # 8:1:1, val and test floored per class: positive 10/1/1, neutral 5/0/0, negative 9/0/0
-    assert summary["splits"] == {"train": 24, "val": 1, "test": 1}
+    # 8:1:1 over the posts with label and files in place (refused ones included), val and test
+    # floored per class: positive 12 + 43, 44: 12/1/1; neutral 5 + 46: 6/0/0; negative 9 + 42, 45:
+    # 9/1/1 = 27/2/2; then the five refused posts are removed: 4 from train, 1 from val.
+    assert summary["splits"] == {"train": 23, "val": 1, "test": 2}
+    assert summary["removed_after_split"] == {"train": {"undecodable_text": 1, "unreadable_image": 3},
+                                              "val": {"empty_text": 1}, "test": {}}
     assert summary["skipped"] == {**COMMON_SINGLE_SKIPS, "labels_conflict": 1, "missing_image": 2}
     assert loaded.skipped.examples["labels_conflict"] == ["33 (text positive, image negative)"]
     by_id = {s.id: s for s in loaded.samples}
@@ -94,7 +103,9 @@ def test_multiple_raw_both_protocols(multiple_raw):
     clara = load_dataset("mvsa_multiple", multiple_raw, protocol="clara").summary_dict()
     assert clara["layout"] == "raw"
     assert clara["class_counts"] == {"positive": 6, "neutral": 3, "negative": 4}
-    assert clara["splits"] == {"train": 8, "val": 0, "test": 5}
+    # 27 (unreadable) is split with the neutral class (4 posts: 2/0/2), then removed from train.
+    assert clara["splits"] == {"train": 7, "val": 0, "test": 6}
+    assert clara["removed_after_split"] == {"train": {"unreadable_image": 1}, "val": {}, "test": {}}
     assert clara["skipped"] == {"labels_disagree": 6, "missing_image": 1, "unreadable_image": 1,
                                 "malformed_line": 2}
     standard = load_dataset("mvsa_multiple", multiple_raw, protocol="standard")
@@ -110,6 +121,7 @@ def test_multiple_raw_both_protocols(multiple_raw):
 
 
 def test_simplified_layout_keeps_every_label_under_both_protocols(simplified):
+    # Split with the empty text (6) and the broken image (10), which are removed afterwards.
     for protocol, splits in (("clara", {"train": 4, "val": 0, "test": 3}),
                              ("standard", {"train": 7, "val": 0, "test": 0})):
         loaded = load_dataset("mvsa_single", simplified, protocol=protocol)

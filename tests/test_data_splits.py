@@ -59,18 +59,49 @@ def test_one_remainder_rule_cannot_give_both_published_shapes():
                      remainder="test").sizes(470) == {"train": 329, "val": 70, "test": 71}
 
 
-def test_split_is_seeded_and_independent_of_input_order():
+def test_standard_split_is_seeded_and_independent_of_input_order():
     samples = make_samples([50, 30, 20])
-    first = stratified_split(samples, "clara", seed=42)
+    first = stratified_split(samples, "standard", seed=42)
     shuffled = samples[:]
     random.Random(0).shuffle(shuffled)
-    again = stratified_split(shuffled, "clara", seed=42)
+    again = stratified_split(shuffled, "standard", seed=42)
     assert {k: {s.id for s in v} for k, v in first.items()} == {k: {s.id for s in v} for k, v in again.items()}
-    other_seed = stratified_split(samples, "clara", seed=7)
+    other_seed = stratified_split(samples, "standard", seed=7)
     assert {s.id for s in other_seed["test"]} != {s.id for s in first["test"]}
     # within a split the input order is kept
     positions = {id(s): i for i, s in enumerate(samples)}
     assert [positions[id(s)] for s in first["train"]] == sorted(positions[id(s)] for s in first["train"])
+
+
+def test_clara_split_follows_the_input_order_as_the_notebooks():
+    samples = make_samples([50, 30, 20])
+    shuffled = samples[:]
+    random.Random(0).shuffle(shuffled)
+    first, again = stratified_split(samples, "clara", seed=42), stratified_split(shuffled, "clara", seed=42)
+    assert {s.id for s in first["test"]} != {s.id for s in again["test"]}
+    assert {s.id for s in stratified_split(samples, "clara", seed=7)["test"]} != {s.id for s in first["test"]}
+    # The notebooks' MVSALoader.split, written out: random.seed, each class shuffled in the order
+    # read, sliced int(0.7 n) / int(0.15 n) / rest (then every split shuffled, which moves none).
+    for order in (samples, shuffled):
+        rng = random.Random(42)
+        expected = {"train": [], "val": [], "test": []}
+        for label in range(3):
+            members = [s for s in order if s.label == label]
+            rng.shuffle(members)
+            n_train, n_val = int(len(members) * 0.7), int(len(members) * 0.15)
+            expected["train"] += members[:n_train]
+            expected["val"] += members[n_train:n_train + n_val]
+            expected["test"] += members[n_train + n_val:]
+        got = stratified_split(order, "clara", seed=42)
+        assert {k: {id(s) for s in v} for k, v in got.items()} == {k: {id(s) for s in v} for k, v in expected.items()}
+        positions = {id(s): i for i, s in enumerate(order)}  # within a split the input order is kept
+        assert all([positions[id(s)] for s in part] == sorted(positions[id(s)] for s in part) for part in got.values())
+
+
+def test_clara_sizes_are_the_notebooks_float_products():
+    # int(90 * 0.7) is 62 in floating point (62.99...), where exact arithmetic gives 63.
+    assert PROTOCOL_RULES["clara"].sizes(90) == {"train": 62, "val": 13, "test": 15}
+    assert PROTOCOL_RULES["standard"].sizes(90) == {"train": 72, "val": 9, "test": 9}
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,11 @@ def test_json_standard_protocol(capsys, single_raw):
     assert json.loads(out) == {
         "dataset": "mvsa_single", "layout": "raw", "protocol": "standard", "total": 26,
         "class_counts": {"positive": 12, "neutral": 5, "negative": 9},
-        "splits": {"train": 24, "val": 1, "test": 1},
+        "splits": {"train": 23, "val": 1, "test": 2},
         "skipped": {"duplicate_id": 1, "empty_text": 1, "labels_conflict": 1, "malformed_line": 5,
                     "missing_image": 2, "missing_text": 1, "undecodable_text": 1, "unreadable_image": 3},
+        "removed_after_split": {"train": {"undecodable_text": 1, "unreadable_image": 3},
+                                "val": {"empty_text": 1}, "test": {}},
     }
     assert out.count("\n") == 1  # exactly one JSON object on one line
 
@@ -62,8 +64,12 @@ def test_readable_table_shows_counts_and_skip_examples(capsys, single_raw):
     assert code == 0
     assert "layout  raw" in out and "protocol  clara" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
-    assert rows["positive"] == ["7", "1", "2", "10"]
-    assert rows["total"] == ["14", "2", "6", "22"]
+    assert rows["positive"] == ["6", "2", "2", "10"]
+    assert rows["total"] == ["13", "3", "6", "22"]
+    assert ("removed after the split (skipped below; the split was computed with them):\n"
+            "   train       4  (empty_text 1, undecodable_text 1, unreadable_image 2)\n"
+            "     val       0\n"
+            "    test       1  (unreadable_image 1)\n") in out
     assert "texts not in UTF-8, decoded: 1 as cp1252" in out
     assert "skipped (19):" in out
     assert "       6  labels_disagree\n            e.g. 30 (text positive, image neutral)\n" in out

@@ -17,15 +17,19 @@ from clara.checkpoint import save_checkpoint
 from clara.config import ABLATIONS
 from clara.data import CLARADataset, Collator, ImageTransform, load_dataset
 from clara.data.synthetic import write_synthetic
+from clara.datasets import REGISTRY
 from clara.evaluate import (EvaluationError, calibration_report, compute_metrics, evaluate_checkpoint, evaluate_model,
                             prediction_rows, write_results)
+from clara.evaluate.scoring import posthoc_metrics
+from clara.precision import autocast as precision_autocast
+from clara.precision import resolve_mixed_precision
 from _eval_utils import build_model, one_thread, tiny_config  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 MVSA = ["positive", "neutral", "negative"]
 HFM = ["not_sarcastic", "sarcastic"]
 COMPARED = ("accuracy", "f1_weighted", "f1_macro", "per_class", "confusion_matrix", "labels", "n", "ablations",
-            "calibration")
+            "ablations_notebook", "calibration", "reliability")
 
 
 def load_script(name: str):
@@ -116,6 +120,85 @@ def test_evaluate_model_scores_the_split_and_each_ablation(setup):
 
     without = evaluate_model(model, loader_for(setup, "test"), MVSA, ablations=False)
     assert "ablations" not in without.metrics and np.array_equal(without.logits, result.logits)
+    assert "ablations_notebook" not in result.metrics  # the notebook's table needs the dataset
+
+
+def model_readings(model, loader, **decide_args) -> tuple[list[int], list[int]]:
+    """Argmax of (final logits, prediction-head logits) of model.decide over a loader."""
+    final, pred = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            vision, text = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+            out = model.decide(vision, text, batch["attention_mask"], **decide_args)
+            final += out.logits.argmax(-1).tolist()
+            pred += out.pred_logits.argmax(-1).tolist()
+    return final, pred
+
+
+@pytest.mark.parametrize("dataset", ["mvsa_single", "mvsa_multiple"])
+def test_the_notebook_ablation_table_reads_the_model_as_that_notebook(setup, dataset):
+    """MVSA-Single (cell 23): gated feedback in full, text_only, image_only and no_coattention;
+    MVSA-Multiple (cell 25): the plain forward for full, the prediction head alone for the rest."""
+    model, loader = setup["model"], loader_for(setup, "test")
+    result = evaluate_model(model, loader, MVSA, dataset=dataset)
+    table = result.metrics["ablations_notebook"]
+    method = REGISTRY[dataset].ablation_method
+    assert table["source"] == method.source and table["feedback_gate"] == method.feedback_gate
+    assert list(table["variants"]) == ["full", *ABLATIONS]
+    for name, row in table["variants"].items():
+        ablation = None if name == "full" else name
+        through_feedback = name == "full" or name in method.through_feedback
+        final, pred = model_readings(model, loader, ablation=ablation,
+                                     feedback_gate=method.feedback_gate if through_feedback else None)
+        expected = compute_metrics(result.y_true, final if through_feedback else pred, MVSA)
+        assert row == {k: expected[k] for k in ("accuracy", "f1_weighted", "f1_macro")}, name
+        assert result.notebook_ablation_logits[name].argmax(1).tolist() == (final if through_feedback else pred)
+    if dataset == "mvsa_multiple":  # ungated full row: the model's own logits
+        assert np.array_equal(result.notebook_ablation_logits["full"], result.logits)
+
+
+def test_the_feedback_gate_zeroes_the_signal_of_posts_whose_heads_agree(setup):
+    model = setup["model"]
+    batch = next(iter(loader_for(setup, "test")))
+    with torch.inference_mode():
+        vision, text = model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        mask = batch["attention_mask"]
+        ungated = model.decide(vision, text, mask)
+        fused, _ = model.fusion(vision, text, mask)
+        pred = model.pred(fused)
+        silent = model.pred(model.feed(fused, pred, pred))  # the feedback MLP on a zero disagreement
+        disagreement = (ungated.verify_logits.softmax(-1) - pred.softmax(-1)).abs().sum(-1)
+        gate = float(disagreement.median())  # about half the posts on each side
+        gated = model.decide(vision, text, mask, feedback_gate=gate)
+        always = model.decide(vision, text, mask, feedback_gate=-1.0)  # every post passes the gate
+    torch.testing.assert_close(always.logits, ungated.logits, rtol=0, atol=0)
+    opened = disagreement > gate
+    assert 0 < int(opened.sum()) < len(opened)
+    torch.testing.assert_close(gated.logits[opened], ungated.logits[opened], rtol=0, atol=0)
+    torch.testing.assert_close(gated.logits[~opened], silent[~opened], rtol=0, atol=1e-6)
+    torch.testing.assert_close(gated.pred_logits, ungated.pred_logits, rtol=0, atol=0)
+
+
+def test_posthoc_metrics_report_the_fixed_bias_beside_raw_and_what_val_fits(setup):
+    model = setup["model"]
+    test = evaluate_model(model, loader_for(setup, "test"), MVSA, dataset="mvsa_single")
+    val = evaluate_model(model, loader_for(setup, "val"), MVSA, ablations=False)
+    assert set(posthoc_metrics(None, test, "mvsa_multiple")) == set()
+    bias_only = posthoc_metrics(None, test, "mvsa_multiple", {"negative": 0.6})
+    shifted = test.logits + np.array([0.0, 0.0, 0.6], dtype=np.float32)
+    expected = compute_metrics(test.y_true, shifted.argmax(1), MVSA)
+    assert bias_only["posthoc_bias"] == {"bias": {"negative": 0.6},
+                                         **{k: v for k, v in expected.items() if k not in ("labels", "n")}}
+    entries = posthoc_metrics(val, test, "mvsa_single", {"negative": 0.6})
+    assert set(entries) == {"posthoc_bias", "calibration", "reliability", "ablations_notebook"}
+    assert entries["calibration"] == calibration_report(val, test, dataset="mvsa_single")
+    assert entries["reliability"]["n_bins"] == 15
+    for reading in ("raw", "temperature_scaling"):
+        assert sum(b["count"] for b in entries["reliability"][reading]["bins"]) == len(test.y_true)
+    # MVSA-Single's table ends with "Full + Bias+Temp": the gated full logits under the fitted variant.
+    variants = entries["ablations_notebook"]["variants"]
+    assert list(variants) == ["full", *ABLATIONS, "full_bias_temperature"]
+    assert "full_bias_temperature" not in test.metrics["ablations_notebook"]["variants"]  # not changed in place
 
 
 def test_write_results_writes_metrics_plots_and_predictions(setup, tmp_path):
@@ -160,10 +243,12 @@ def test_write_results_copes_with_an_empty_history_and_probability_mappings(tmp_
 # ------------------------------------------------------------------ recomputing a checkpoint's metrics
 
 def test_evaluate_checkpoint_recomputes_the_metrics_written_at_the_end(setup, tmp_path):
-    model = setup["model"]
-    test = evaluate_model(model, loader_for(setup, "test"), MVSA)
-    val = evaluate_model(model, loader_for(setup, "val"), MVSA, ablations=False)
-    metrics = {**test.metrics, "calibration": calibration_report(val, test)}
+    model, cpu = setup["model"], torch.device("cpu")
+    # Under the precision evaluate_checkpoint resolves (auto: bf16 where a CPU runs it faster).
+    with precision_autocast(resolve_mixed_precision(setup["cfg"].train.mixed_precision, cpu), cpu):
+        test = evaluate_model(model, loader_for(setup, "test"), MVSA, dataset="mvsa_single")
+        val = evaluate_model(model, loader_for(setup, "val"), MVSA, ablations=False)
+    metrics = {**test.metrics, **posthoc_metrics(val, test, "mvsa_single")}
     write_results(tmp_path / "results", metrics, [], MVSA)
     written = json.loads((tmp_path / "results" / "metrics.json").read_text())
 
@@ -229,6 +314,8 @@ def test_training_then_evaluate_checkpoint_gives_the_same_metrics(tmp_path):
     written = json.loads((result.results_dir / "metrics.json").read_text())
     assert "f1_sarcastic" in written and set(written["calibration"]) == {"raw", "bias_temperature", "top2_flip",
                                                                          "affine"}
+    assert written["ablations_notebook"]["source"] == "HFM cell 24" and "posthoc_bias" not in written
+    assert set(written["reliability"]) == {"n_bins", "raw", "temperature_scaling"}
 
     recomputed = evaluate_checkpoint(result.best_dir, "hfm", data_dir, device="cpu")
     assert {k: recomputed[k] for k in (*COMPARED, "f1_sarcastic")} == {k: written[k] for k in (*COMPARED, "f1_sarcastic")}

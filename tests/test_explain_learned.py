@@ -38,7 +38,8 @@ import json
 import numpy as np
 import pytest
 
-from clara.explain import Explainer, patch_grid
+from clara.explain import METHODS, Explainer, patch_grid
+from clara.precision import PRECISION_ENV
 
 from _explain_utils import one_torch_thread, single_torch_thread, trained_synthetic_predictor  # noqa: F401
 
@@ -51,6 +52,15 @@ MIN_RELEVANCY_WORD_FIRST = 0.6  # measured 0.85
 MIN_CUE_HIT_MARGIN_OVER_CHANCE = 0.3  # image IG: measured 0.70 - 0.12
 MIN_OCCLUSION_CUE_HIT_MARGIN_OVER_CHANCE = 0.25  # measured 0.60 - 0.12
 MIN_DELETION_AUC_GAIN_OVER_RANDOM = 0.1  # measured gains: image IG 0.21, occlusion 0.27, LIG 0.34, relevancy 0.30
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fp32_arithmetic():
+    """The measured rates are fp32's (on a CPU whose probe picks bf16 the model would train and explain
+    in bf16 autocast otherwise)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PRECISION_ENV, "fp32")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +104,7 @@ def measured(trained):
     with single_torch_thread():
         for sample in samples[:N_EXPLAINED]:
             record = meta["posts"][sample.id]
-            explanation = explainer.explain(sample.image_path, sample.text)
+            explanation = explainer.explain(sample.image_path, sample.text, methods=METHODS)
             assert explanation.words[record["word_index"]] == record["word"]
             for name, scores in explanation.word_scores().items():
                 word_first[name].append(int(np.argmax(scores)) == record["word_index"])

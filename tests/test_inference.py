@@ -1,5 +1,8 @@
 """Predictor: predictions survive a save/reload exactly, every input form gives the same answer,
-the ablation probabilities are the model's, truncation is flagged, threads can share one."""
+the ablation probabilities are the model's, truncation is flagged, threads can share one; the
+loaded model is prepared once (LoRA merged, frozen, eval) without changing its answers.
+
+These tests pin fp32 (exact comparisons); the bf16 path is tested in test_perf_options.py."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -7,19 +10,26 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from peft.tuners.tuners_utils import BaseTunerLayer
+
 from clara.checkpoint import save_checkpoint
 from clara.data.images import ImageError
-from clara.inference import Prediction, Predictor
+from clara.inference import Prediction, Predictor, merge_lora
+from _app_utils import DEMO_CHECKPOINT, require_demo
 from _eval_utils import TEXTS, build_model, jpeg_bytes, one_thread, random_image, tiny_config  # noqa: F401
+
+# Merged vs unmerged LoRA: the same arithmetic regrouped, (W + s·BA)x vs Wx + s·B(Ax), in fp32.
+MERGE_LOGIT_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
+    """(Predictor on the model before saving, Predictor.from_checkpoint (merged), the folder); fp32."""
     cfg = tiny_config(**{"data.max_text_length": "16"})
-    model, tokenizer = build_model(cfg)
-    before = Predictor(model, tokenizer, cfg, cfg.labels, device="cpu")
+    model, tokenizer = build_model(cfg)  # LoRA B moved away from zero: merging really changes the weights
+    before = Predictor(model, tokenizer, cfg, cfg.labels, device="cpu", precision="fp32")
     folder = save_checkpoint(tmp_path_factory.mktemp("ck") / "clara_best", model, tokenizer, cfg)
-    return before, Predictor.from_checkpoint(folder, device="cpu"), folder
+    return before, Predictor.from_checkpoint(folder, device="cpu", precision="fp32"), folder
 
 
 def images(n: int) -> list:
@@ -27,14 +37,67 @@ def images(n: int) -> list:
 
 
 def test_predictions_after_reload_equal_predictions_before_save(saved):
-    before, after, _ = saved
+    before, _, folder = saved
+    after = Predictor.from_checkpoint(folder, device="cpu", precision="fp32", merge=False)  # the same arithmetic
     posts = images(4)
     texts = TEXTS[:3] + [""]
     assert before.predict(posts, texts) == after.predict(posts, texts)
 
 
-def test_prediction_fields_come_from_the_model(saved):
-    _, predictor, _ = saved
+def _logits(predictor: Predictor, posts, texts) -> torch.Tensor:
+    batch = predictor.encode(posts, texts)
+    with torch.inference_mode(), predictor.autocast():
+        return predictor.model(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}).logits
+
+
+def test_loaded_model_is_merged_frozen_and_gives_the_adapters_answers(saved):
+    before, merged, _ = saved
+    assert any(isinstance(m, BaseTunerLayer) for m in before.model.modules())  # the adapters were there
+    assert not any(isinstance(m, BaseTunerLayer) for m in merged.model.modules())
+    assert not any("lora_" in name for name, _ in merged.model.named_parameters())
+    assert not any(p.requires_grad for p in merged.model.parameters()) and not merged.model.training
+    assert (merged.path.lora, merged.path.precision, merged.path.weights) == ("merged", "fp32", "fp32")
+    assert (before.path.lora, before.path.precision) == ("adapters", "fp32")
+    posts, texts = images(5), TEXTS
+    reference, folded = _logits(before, posts, texts), _logits(merged, posts, texts)
+    assert (reference - folded).abs().max() > 0  # merging regroups the arithmetic: not bit-identical
+    torch.testing.assert_close(folded, reference, rtol=0, atol=MERGE_LOGIT_TOLERANCE)
+    assert [p.label for p in before.predict(posts, texts)] == [p.label for p in merged.predict(posts, texts)]
+
+
+def test_merge_lora_folds_a_non_zero_adapter_exactly():
+    cfg = tiny_config()
+    model, tokenizer = build_model(cfg)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+    import copy
+    merged = copy.deepcopy(model)
+    n_layers = merge_lora(merged)
+    assert n_layers == sum(isinstance(m, BaseTunerLayer) for m in model.modules()) > 0
+    from _eval_utils import model_batch
+    batch = model_batch(model, tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, model(**batch).logits, rtol=0, atol=MERGE_LOGIT_TOLERANCE)
+
+
+def test_demo_checkpoint_merged_gives_the_same_labels_and_probabilities():
+    require_demo()
+    import csv
+    with (DEMO_CHECKPOINT / "results" / "predictions.csv").open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    posts = [DEMO_CHECKPOINT / "results" / row["image_path"] for row in rows]
+    texts = [row["text"] for row in rows]
+    adapters = Predictor.from_checkpoint(DEMO_CHECKPOINT, device="cpu", precision="fp32", merge=False)
+    merged = Predictor.from_checkpoint(DEMO_CHECKPOINT, device="cpu", precision="fp32")
+    reference, folded = adapters.predict(posts, texts, batch_size=64), merged.predict(posts, texts, batch_size=64)
+    assert [p.label for p in folded] == [p.label for p in reference] == [row["predicted"] for row in rows]
+    change = max(abs(a.probs[k] - b.probs[k]) for a, b in zip(reference, folded) for k in a.probs)
+    assert change < MERGE_LOGIT_TOLERANCE
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_prediction_fields_come_from_the_model(saved, merged):
+    predictor = saved[1] if merged else saved[0]
     posts, texts = images(2), TEXTS[:2]
     predictions = predictor.predict(posts, texts)
     batch = predictor.encode(posts, texts)

@@ -1,5 +1,5 @@
 """With the real architectures (random weights) and the notebooks' pooled fusion, the parameter
-counts equal the ones the CLARA notebooks printed (clara-reference.md §2): this pins the encoder
+counts equal the ones the CLARA notebooks printed (their *_outputs.txt): this pins the encoder
 configs, the LoRA placement and ranks, the unfrozen DeBERTa layer and the fusion/head wiring.
 
 Each random-full model takes ~1.2 GB and a few seconds, so each preset is built once and the
@@ -8,6 +8,9 @@ token-fusion counts are derived by swapping the fusion module's size, which is c
 from __future__ import annotations
 
 import gc
+import importlib.util
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +82,30 @@ def test_hfm_preset_has_a_two_class_head_with_1538_fewer_parameters():
     assert two_class.num_classes == 2 and two_class.pred.net[4].out_features == 2
     # pred and veri lose 513 each (512 weights + 1 bias), the feedback input one 512-wide column.
     assert three_class.param_counts()["trainable"] - two_class.param_counts()["trainable"] == 1_538
+    two = {name: p.numel() for name, p in two_class.named_parameters()}
+    differences = {name: p.numel() - two[name] for name, p in three_class.named_parameters() if p.numel() != two[name]}
+    assert differences == {"pred.net.4.weight": 512, "pred.net.4.bias": 1, "veri.net.4.weight": 512,
+                           "veri.net.4.bias": 1, "feed.net.0.weight": 512}
+
+
+def _load_train_cli():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_cli", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dataset", list(PUBLISHED))
+def test_print_params_prints_the_notebooks_counts(dataset, capsys):
+    """`train.py --print-params --encoders random-full --fusion pooled` (built on the meta device: no
+    memory) prints the notebooks' counts; HFM's 2-class preset prints 1,538 fewer than its notebook's
+    3-output heads (test above)."""
+    train_cli = _load_train_cli()
+    with torch.device("meta"):
+        assert train_cli.main(["--dataset", dataset, "--print-params", "--encoders", "random-full",
+                               "--fusion", "pooled"]) == 0
+    printed = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", capsys.readouterr().out)
+    trainable, total = (int(group.replace(",", "")) for group in printed.groups())
+    head_difference = 1_538 if dataset == "hfm" else 0
+    assert (trainable + head_difference, total + head_difference) == PUBLISHED[dataset]

@@ -151,3 +151,108 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     checkpointed.train()
     batch = _batch(tokenizer, False)
     _assert_same(_loss_and_grads(plain, cfg, batch), _loss_and_grads(checkpointed, cfg, batch))
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision chosen by the hardware (clara/precision.py): the probe's logic with injected timings,
+# the override, and what the fast paths cost on the trained demo checkpoint.
+
+# Largest change of any class probability allowed on the demo's 151 test posts (labels must not change):
+# measured 0.028 for bf16 and 0.066 for int8 (per-channel weights).
+BF16_MAX_PROB_CHANGE = 0.05
+INT8_MAX_PROB_CHANGE = 0.12
+
+
+def test_probe_picks_bf16_only_when_it_is_clearly_faster():
+    from clara.precision import MIN_BF16_SPEEDUP, decide_cpu_precision
+
+    assert decide_cpu_precision("AVX512", 4e-3, 1e-3)[0] == "bf16"  # AMX / AVX-512 BF16: 4x
+    assert decide_cpu_precision("AVX512", 1e-3, 1e-3 / (MIN_BF16_SPEEDUP * 1.01))[0] == "bf16"
+    assert decide_cpu_precision("AVX512", 1e-3, 1e-3 / (MIN_BF16_SPEEDUP * 0.99))[0] == "fp32"
+    precision, reason = decide_cpu_precision("AVX2", 1e-4, 2e-2)  # emulated bf16 (Zen 3): 200x slower
+    assert precision == "fp32" and "AVX2" in reason
+    assert decide_cpu_precision("AVX2", None, None)[0] == "fp32"
+
+
+def test_probe_screens_out_an_emulated_bf16_without_timing_the_large_shape(monkeypatch):
+    from clara import precision
+
+    calls = []
+
+    def fake_timings(shape, repeats=precision.PROBE_REPEATS):
+        calls.append(shape)
+        return (1e-5, 1e-3) if shape == precision.SCREEN_SHAPE else (4e-3, 1e-3)
+
+    monkeypatch.setattr(precision, "time_linear", fake_timings)
+    precision.cpu_precision_probe.cache_clear()
+    try:
+        probe = precision.cpu_precision_probe()
+        assert probe.precision == "fp32" and calls == [precision.SCREEN_SHAPE] and probe.shape == precision.SCREEN_SHAPE
+        monkeypatch.setattr(precision, "time_linear", lambda shape, repeats=0: (4e-3, 1e-3))
+        precision.cpu_precision_probe.cache_clear()
+        probe = precision.cpu_precision_probe()
+        assert probe.precision == "bf16" and probe.fp32_ms == pytest.approx(4.0) and probe.bf16_ms == pytest.approx(1.0)
+        assert precision.cpu_precision_probe() is probe  # once per process
+    finally:
+        precision.cpu_precision_probe.cache_clear()
+
+
+def test_precision_setting_override_and_auto(monkeypatch):
+    from clara import precision
+
+    probe = precision.PrecisionProbe("AVX512", "bf16", "injected", 4.0, 1.0, precision.PROBE_SHAPE)
+    monkeypatch.setattr(precision, "cpu_precision_probe", lambda: probe)
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
+    assert precision.resolve_precision(None, "cpu")[0] == "bf16"
+    assert precision.resolve_mixed_precision("auto", "cpu") == "bf16"  # training's auto reads the same probe
+    assert precision.resolve_precision("fp32", "cpu")[0] == "fp32"  # the Predictor argument
+    assert precision.resolve_precision(None, "cpu", hidden_size=768)[0] == "bf16"  # full-size encoders
+    precision_, reason = precision.resolve_precision(None, "cpu", hidden_size=64)  # the tiny demo's
+    assert precision_ == "fp32" and "too narrow" in reason
+    assert precision.resolve_precision("bf16", "cpu", hidden_size=64)[0] == "bf16"  # asked for: given
+    monkeypatch.setenv(precision.PRECISION_ENV, "fp32")
+    assert precision.resolve_precision(None, "cpu") == ("fp32", "set to fp32 by CLARA_PRECISION")
+    assert precision.resolve_mixed_precision("auto", "cpu") == "no"
+    assert precision.resolve_mixed_precision("bf16", "cpu") == "bf16"  # explicit settings pass through
+    monkeypatch.setenv(precision.PRECISION_ENV, "fp64")
+    with pytest.raises(ValueError, match="CLARA_PRECISION='fp64' is not one of: auto, fp32, bf16"):
+        precision.resolve_precision(None, "cpu")
+    fp32_probe = precision.PrecisionProbe("AVX2", "fp32", "injected")
+    monkeypatch.setattr(precision, "cpu_precision_probe", lambda: fp32_probe)
+    monkeypatch.setenv(precision.PRECISION_ENV, "auto")
+    assert precision.resolve_precision(None, "cpu")[0] == "fp32" and precision.resolve_mixed_precision("auto", "cpu") == "no"
+
+
+@pytest.fixture(scope="module")
+def demo_test_posts():
+    import csv
+
+    from _app_utils import DEMO_CHECKPOINT, require_demo
+    from clara.inference import Predictor
+
+    require_demo()
+    with (DEMO_CHECKPOINT / "results" / "predictions.csv").open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    posts = [DEMO_CHECKPOINT / "results" / row["image_path"] for row in rows]
+    texts = [row["text"] for row in rows]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    reference = Predictor.from_checkpoint(DEMO_CHECKPOINT, device="cpu", precision="fp32").predict(posts, texts, 64)
+    yield DEMO_CHECKPOINT, posts, texts, reference
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("option,limit", [({"precision": "bf16"}, BF16_MAX_PROB_CHANGE),
+                                          ({"quantize": True}, INT8_MAX_PROB_CHANGE)])
+def test_fast_paths_change_no_label_on_the_demo_test_posts(demo_test_posts, option, limit):
+    from clara.inference import Predictor
+
+    checkpoint, posts, texts, reference = demo_test_posts
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", **option)
+    assert predictor.path.precision == ("int8" if "quantize" in option else "bf16") and predictor.path.lora == "merged"
+    fast = predictor.predict(posts, texts, batch_size=64)
+    assert len(fast) == len(reference) == 151
+    assert [p.label for p in fast] == [p.label for p in reference]
+    changes = [abs(getattr(a, field)[k] - getattr(b, field)[k]) for a, b in zip(reference, fast)
+               for field in ("probs", "pred_probs", "text_only_probs", "image_only_probs") for k in a.probs]
+    assert max(changes) <= limit

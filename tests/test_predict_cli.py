@@ -85,14 +85,14 @@ def test_batch_csv_reports_bad_rows_and_predicts_the_rest(checkpoint, tmp_path, 
 
     with out.open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["row", "image", "text", "label", "prob_positive", "prob_neutral", "prob_negative",
-                             "uncertainty", "text_truncated", "error"]
-    assert [row["row"] for row in rows] == ["2", "3", "4", "5", "6"]
+    assert list(rows[0]) == ["id", "text", "image_path", "label", "predicted", "prob_positive", "prob_neutral",
+                             "prob_negative", "uncertainty", "text_truncated", "error"]
+    assert [row["id"] for row in rows] == ["2", "3", "4", "5", "6"]
     assert [bool(row["error"]) for row in rows] == [False, True, True, False, True]
     assert rows[4]["error"] == "no image path"
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     expected = predictor.predict([images / "a.jpg", images / "b.jpg"], ["great day, love it", ""])
-    assert [rows[0]["label"], rows[3]["label"]] == [p.label for p in expected]
+    assert [rows[0]["predicted"], rows[3]["predicted"]] == [p.label for p in expected]
     assert float(rows[3]["prob_neutral"]) == pytest.approx(expected[1].probs["neutral"], abs=1e-6)
 
 
@@ -106,6 +106,9 @@ def test_batch_csv_reports_bad_rows_and_predicts_the_rest(checkpoint, tmp_path, 
     (["--checkpoint", "{ck}", "--image", "{post}", "--text", "x", "--set", "fusion"], "--set 'fusion': expected"),
     (["--checkpoint", "{ck}", "--csv", "{tmp}/in.csv", "--out", "{tmp}/o.csv"], "--csv .*in.csv does not exist"),
     (["--checkpoint", "{ck}", "--csv", "{nocol}", "--out", "{tmp}/o.csv"], r"missing column\(s\) text"),
+    (["--checkpoint", "{ck}", "--csv", "{tmp}", "--out", "{tmp}/o.csv"], r"--csv .* is a folder"),
+    (["--checkpoint", "{ck}", "--csv", "{nocol}", "--out", "{nocol}"], r"--out .*nocol.csv is the input CSV"),
+    (["--checkpoint", "{ck}", "--image", "{post}", "--text", "abc\udcff"], "not valid Unicode at position 3"),
 ])
 def test_bad_input_exits_2_with_one_line(checkpoint, post, tmp_path, capsys, args, message):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -137,6 +140,46 @@ def test_int8_prediction_of_the_trained_demo_keeps_its_answers(tmp_path, capsys)
     assert "deprecated" not in capsys.readouterr().err
     fp32, int8 = outputs[False], outputs[True]
     assert len(fp32) == len(listing) >= 5
-    assert list(int8["label"]) == list(fp32["label"])
+    assert list(int8["predicted"]) == list(fp32["predicted"])
     prob_columns = [c for c in fp32.columns if c.startswith("prob")]
     assert prob_columns and (int8[prob_columns] - fp32[prob_columns]).abs().max().max() < 0.05
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_an_output_that_cannot_be_written_is_one_line(checkpoint, post, tmp_path, capsys):
+    table = tmp_path / "in.csv"
+    table.write_text(f"image,text\n{post},hello\n", encoding="utf-8")
+    assert load_script().main(["--checkpoint", str(checkpoint), "--csv", str(table), "--out", "/dev/full",
+                               "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["predict.py: error: --out /dev/full: cannot write it (No space left on device)"]
+    assert Path("/dev/full").is_char_device()  # written to, never replaced by a file
+
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "{empty}", "--input", "{table}", "--out", "{tmp}/s"], "bad checkpoint: .*empty_ck: No such file"),
+    (["--checkpoint", "{ck}", "--input", "{tmp}/absent.parquet", "--out", "{tmp}/s"], "--input .*absent.parquet does not exist"),
+    (["--checkpoint", "{ck}", "--input", "{tmp}/notes.txt", "--out", "{tmp}/s"], "unknown table format '.txt'"),
+    (["--checkpoint", "{ck}", "--input", "{nocol}", "--out", "{tmp}/s"], r"missing column\(s\) text"),
+    (["--checkpoint", "{ck}", "--input", "{table}", "--out", "{table}"], "--out .*in.csv is a file"),
+    (["--checkpoint", "{ck}", "--input", "{table}", "--out", "{tmp}/full"], "is not empty and holds no _manifest.json"),
+    (["--checkpoint", "{ck}", "--input", "{table}", "--csv", "{table}", "--out", "{tmp}/s"], "give either"),
+    (["--checkpoint", "{ck}", "--input", "{table}"], "a scoring job needs --out"),
+    (["--checkpoint", "{ck}", "--csv", "{table}", "--out", "{tmp}/o.csv", "--engine", "ray"], "are for a scoring job"),
+    (["--checkpoint", "{ck}", "--input", "{table}", "--out", "{tmp}/s", "--shard-size", "0"], "--shard-size must be"),
+])
+def test_a_scoring_job_that_cannot_start_exits_2_with_one_line(checkpoint, tmp_path, capsys, args, message):
+    (tmp_path / "empty_ck").mkdir()
+    (tmp_path / "in.csv").write_text("image,text\na.jpg,hi\n", encoding="utf-8")
+    (tmp_path / "nocol.csv").write_text("image,caption\na.jpg,hi\n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("not a job", encoding="utf-8")
+    values = {"tmp": tmp_path, "ck": checkpoint, "empty": tmp_path / "empty_ck", "table": tmp_path / "in.csv",
+              "nocol": tmp_path / "nocol.csv"}
+    assert load_script().main([arg.format(**values) for arg in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("predict.py: error: ")
+    import re
+    assert re.search(message, err), err

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from _app_utils import DEMO_CHECKPOINT, huge_png_bytes, require_demo
-from clara import app_support as support
+from clara import batch, inputs
 from clara.data import ImageError, load_dataset
 from clara.data.synthetic import write_synthetic
 
@@ -130,7 +130,7 @@ def test_no_code_path_unpickles():
                 if re.search(pattern, code):
                     problems.append(f"{where}: {what}")
     assert problems == []
-    assert torch_loads >= 2  # the scan does see code: clara/notebook_import.py reads .pt files this way
+    assert torch_loads >= 2  # the scan does see code: clara/checkpoint/notebook_files.py reads .pt files this way
 
 
 class _Payload:
@@ -181,7 +181,7 @@ def _same_prediction(predictor, stored, seen: Image.Image) -> None:
     from clara.data.images import open_image
 
     assert open_image(stored).tobytes() == seen.convert("RGB").tobytes()
-    assert support.check_image_upload(stored).image.tobytes() == seen.convert("RGB").tobytes()  # the app
+    assert inputs.check_image_upload(stored).image.tobytes() == seen.convert("RGB").tobytes()  # the app
     assert predictor.predict([stored], ["a picture"]) == predictor.predict([seen], ["a picture"])
 
 
@@ -257,7 +257,7 @@ def test_predict_script_reports_truncated_texts(predictor, tmp_path, capsys):
     with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     assert [r["text_truncated"] for r in rows] == ["True", "False", "False"]
-    assert all(r["label"] in predictor.labels and r["error"] == "" for r in rows)
+    assert all(r["predicted"] in predictor.labels and r["error"] == "" for r in rows)
 
 
 # ----------------------------------------------------------------------------- unwritable outputs
@@ -382,7 +382,7 @@ def test_a_nan_loss_in_epoch_2_stops_training_and_keeps_epoch_1_checkpoints(tmp_
 
     from clara.checkpoint import load_checkpoint
     from clara.config import get_preset
-    from clara.model.clara import CLARAModel
+    from clara.model.clara_model import CLARAModel
     from clara.train import TrainingError, train
 
     data_dir = tmp_path / "data"
@@ -453,17 +453,17 @@ def test_uploads_are_read_in_memory_and_names_never_become_paths(tmp_path, monke
             zf.writestr(info, png)
     lines = "image,text\n" + "".join(f"\"{name}\",hello\n" for name in hostile)
     before = _files_under(tmp_path)
-    items = support.read_batch(lines.encode(), archive.getvalue())
+    items = batch.read_batch(lines.encode(), archive.getvalue())
     assert [item.error for item in items] == [None] * len(hostile)
     assert all(item.image.size == (30, 20) for item in items)
     assert _files_under(tmp_path) == before
     assert not Path("/tmp/abs_evil.png").exists()
 
     # single uploads: the bytes only; the name is only ever shown, reduced to harmless characters
-    checked = support.check_image_upload(png)
+    checked = inputs.check_image_upload(png)
     assert checked.format == "PNG" and _files_under(tmp_path) == before
     for name in ("../../evil.png", "/etc/passwd", "..\\..\\evil.png", "C:\\x\\evil.png"):
-        shown = support.safe_display_name(name)
+        shown = inputs.safe_display_name(name)
         assert "/" not in shown and "\\" not in shown and shown not in ("", ".", "..")
 
 
@@ -476,7 +476,7 @@ def test_a_zip_reference_matching_several_members_is_refused_not_guessed():
         zf.writestr("b/post.png", second)
         zf.writestr("c/only.png", second)
     csv_data = b"image,text\npost.png,x\nb/post.png,y\nonly.png,z\n./b/./post.png,w\n"
-    ambiguous, exact, unique, dotted = support.read_batch(csv_data, archive.getvalue())
+    ambiguous, exact, unique, dotted = batch.read_batch(csv_data, archive.getvalue())
     assert ambiguous.error == "'post.png' matches 2 files in the ZIP (a/post.png, b/post.png); give its path inside the ZIP."
     assert exact.error is None and exact.image.size == (12, 12)
     assert unique.error is None and unique.image.size == (12, 12)
@@ -484,12 +484,13 @@ def test_a_zip_reference_matching_several_members_is_refused_not_guessed():
 
 
 def test_app_code_never_writes_uploads_to_disk():
-    """The app's upload paths (pages/ and clara/app_support.py) hold uploads as bytes: no file
-    writes, no ZIP extraction, no temporary files (so no name can ever become a path)."""
+    """The app's upload paths (pages/, clara_app/, clara/inputs.py, clara/batch.py) hold uploads as
+    bytes: no file writes, no ZIP extraction, no temporary files (so no name can ever become a path)."""
     forbidden = re.compile(r"\.extract(all)?\(|\btempfile\b|\.write_bytes\(|\.write_text\(|"
                            r"open\([^)]*['\"][wax]b?['\"]|\.save\(\s*['\"/]|shutil\.(copy|move)")
     found = []
-    for path in [ROOT / "clara" / "app_support.py", *sorted((ROOT / "pages").glob("*.py"))]:
+    for path in [ROOT / "clara" / "inputs.py", ROOT / "clara" / "batch.py", *sorted((ROOT / "clara_app").glob("*.py")),
+                 *sorted((ROOT / "pages").glob("*.py"))]:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if forbidden.search(line.split("#")[0]):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")

@@ -149,10 +149,10 @@ def test_a_killed_training_resumes_and_ends_exactly_like_an_uninterrupted_run(tm
 
     # Other settings are refused with the difference named, before any data is loaded.
     with pytest.raises(SystemExit) as refused:
-        script.main([*args, "--output-dir", str(killed_out), "--resume", "--fusion", "pooled", "--batch-size", "8"])
+        script.main([*args, "--output-dir", str(killed_out), "--resume", "--fusion", "token", "--batch-size", "8"])
     assert refused.value.code == 2
     err = capsys.readouterr().err
-    assert "model.fusion (checkpoint: 'token', now: 'pooled')" in err and "train.batch_size (checkpoint: 4, now: 8)" in err
+    assert "model.fusion (checkpoint: 'pooled', now: 'token')" in err and "train.batch_size (checkpoint: 4, now: 8)" in err
 
 
 @pytest.mark.slow
@@ -236,12 +236,12 @@ def test_training_state_round_trips_exactly_and_loads_into_a_fresh_optimizer(ste
     fresh_scheduler.load_state_dict(state.scheduler)
     assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
     assert sorted(p.name for p in last.iterdir()) == [
-        "config.json", "history.json", "metrics.json", "model.safetensors", "tokenizer",
+        "README.md", "config.json", "history.json", "metrics.json", "model.safetensors", "tokenizer",
         "training_state.json", "training_state.safetensors"]
 
 
 def test_a_kill_at_any_point_of_a_save_leaves_the_previous_last_loadable_and_consistent(stepped, tmp_path):
-    """The states a SIGKILL can leave while `last` is replaced (clara.checkpoint._swap_in), made on
+    """The states a SIGKILL can leave while `last` is replaced (clara.checkpoint.folder._swap_in), made on
     disk as the kill leaves them: a half-written temporary folder beside `last`, and (where the
     OS has no atomic exchange) `last` renamed aside before the new folder was renamed in."""
     cfg = stepped[2]

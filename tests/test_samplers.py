@@ -1,11 +1,13 @@
-"""Samplers (inverse frequency, negative boosting, random) and the negative image mixup."""
+"""Samplers (inverse frequency, the two negative samplers, random) and the negative image mixup.
+
+tests/test_fidelity_training.py compares the draw fractions with the authors' notebook samplers."""
 from collections import Counter
 
 import pytest
 import torch
 
-from clara.train.samplers import (NegativeMixup, build_sampler, count_classes, inverse_frequency_weights,
-                                  negative_boost_weights)
+from clara.train.samplers import (NegativeMixup, build_sampler, count_classes, extreme_negative_weights,
+                                  inverse_frequency_weights, negative_target_weights)
 
 # 80 positive, 15 neutral, 5 negative: an imbalanced training split.
 LABELS = [0] * 80 + [1] * 15 + [2] * 5
@@ -42,21 +44,37 @@ def test_weighted_sampler_draws_classes_about_equally_and_repeats_with_its_seed(
     assert draw(build_sampler("weighted", LABELS, 3, seed=8), 30) != indices
 
 
-def test_negative_boost_reaches_the_minimum_fraction_and_keeps_the_other_ratios():
+def test_negative_target_reaches_the_minimum_fraction_and_keeps_the_other_ratios():
     labels = [0] * 600 + [1] * 370 + [2] * 30  # 3 % negatives, like MVSA-Multiple
-    weights = negative_boost_weights(labels, negative_index=2, min_fraction=0.30)
+    weights = negative_target_weights(labels, negative_index=2, min_fraction=0.30)
     negative_share = float(weights[970:].sum() / weights.sum())
     assert negative_share == pytest.approx(0.30)
     assert torch.all(weights[:970] == 1.0)  # positive : neutral stays 600 : 370
-    indices = draw(build_sampler("boost_negative", labels, 3, seed=0, negative_index=2,
+    indices = draw(build_sampler("negative_target", labels, 3, seed=0, negative_index=2,
                                  negative_min_fraction=0.30), repeats=5)
     assert class_fractions(indices, labels)[2] > 0.27
+    # boost_negative, its former name, still builds the same sampler (config.json of earlier runs)
+    assert torch.equal(build_sampler("boost_negative", labels, 3, seed=0, negative_index=2).weights,
+                       build_sampler("negative_target", labels, 3, seed=0, negative_index=2).weights)
 
 
-def test_negative_boost_leaves_a_set_with_enough_negatives_alone():
+def test_negative_target_leaves_a_set_with_enough_negatives_alone():
     labels = [0] * 6 + [2] * 4
-    assert negative_boost_weights(labels, 2, 0.30).tolist() == [1.0] * 10
-    assert negative_boost_weights([0, 1], 2, 0.30).tolist() == [1.0, 1.0]  # no negatives at all
+    assert negative_target_weights(labels, 2, 0.30).tolist() == [1.0] * 10
+    assert negative_target_weights([0, 1], 2, 0.30).tolist() == [1.0, 1.0]  # no negatives at all
+
+
+def test_extreme_negative_applies_both_the_boost_and_the_min_ratio_scale():
+    labels = [0] * 600 + [1] * 370 + [2] * 30  # 3 % negatives
+    weights = extreme_negative_weights(labels, negative_index=2, boost=12.0, min_fraction=0.30)
+    base = 1000 / 3  # N / (k n_c) summed over a class: each class starts at N / k
+    per_class = [float(weights[[i for i, y in enumerate(labels) if y == c]].sum()) for c in range(3)]
+    assert per_class == pytest.approx([base, base, base * 12 * (0.30 / 0.03)])
+    assert per_class[2] / sum(per_class) == pytest.approx(120 / 122)  # 98 %, not the 30 % it aims at
+    # enough negatives already: only the boost applies
+    enough = extreme_negative_weights([0] * 6 + [2] * 4, 2, 12.0, 0.30)
+    assert float(enough[6:].sum() / enough.sum()) == pytest.approx(12 / 13)
+    assert extreme_negative_weights([0, 0, 1], 2, 12.0, 0.30).tolist() == pytest.approx([0.75, 0.75, 1.5])
 
 
 def test_random_sampler_is_a_seeded_permutation():
@@ -70,9 +88,9 @@ def test_bad_sampler_settings_are_named():
     with pytest.raises(ValueError, match="unknown sampler 'balanced'"):
         build_sampler("balanced", LABELS, 3, seed=0)
     with pytest.raises(ValueError, match="needs the index of the negative class"):
-        build_sampler("boost_negative", LABELS, 3, seed=0)
+        build_sampler("extreme_negative", LABELS, 3, seed=0)
     with pytest.raises(ValueError, match=r"negative_min_fraction must be in \[0, 1\)"):
-        negative_boost_weights(LABELS, 2, 1.0)
+        negative_target_weights(LABELS, 2, 1.0)
 
 
 def make_batch(labels, seed=0):

@@ -142,7 +142,7 @@ def test_every_dataset_trains_end_to_end_from_its_raw_format(dataset, tiny_folde
     if dataset == "hfm":
         assert "f1_sarcastic" in metrics
     if dataset == "mvsa_multiple":  # the focal-loss preset logs its auxiliary terms
-        assert {"train_pred", "train_verify", "train_sym_kl"} <= set(epoch)
+        assert {"train_pred", "train_verify", "train_consistency"} <= set(epoch)
 
 
 def test_max_steps_per_epoch_and_patience_stop_training_early(tiny_folders, tmp_path):
@@ -263,4 +263,4 @@ def test_print_params_builds_the_model_and_prints_its_counts(capsys):
     counts = create_model(get_preset("mvsa_multiple").override({"model.encoders": "tiny"}))[0].param_counts()
     assert printed.endswith(f"trainable params: {counts['trainable']:,} || all params: {counts['total']:,} "
                             f"|| trainable%: {100 * counts['trainable'] / counts['total']:.4f}")
-    assert printed.startswith("mvsa_multiple (encoders tiny, fusion token, variant multiple)")
+    assert printed.startswith("mvsa_multiple (encoders tiny, fusion pooled, variant multiple)")  # the preset's fusion

@@ -1,17 +1,27 @@
-"""Torch Dataset over loaded samples, and the collator that tokenizes and batches them."""
+"""Torch Dataset over loaded samples, the collator that tokenizes and batches them, and the
+in-order loader that evaluation (and training's validation) reads a split with."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from ..config import DataConfig
+from .image_cache import normalize_pixels
 from .images import open_image
 from .types import Sample
 
 # The batch keys CLARAModel.forward takes (a Collator batch also holds labels and ids).
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+
+
+def truncated_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[bool]:
+    """Per text, whether it has more than `max_length` tokens (special tokens included), i.e. is cut."""
+    lengths = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return [len(ids) > max_length for ids in lengths]
 
 
 class CLARADataset(Dataset):
@@ -85,7 +95,6 @@ class Collator:
             if self.normalize is None:
                 raise ValueError("the items hold uint8 image crops (an image cache); build the Collator "
                                  "with normalize=<the ImageTransform> so they are normalised")
-            from .image_cache import normalize_pixels
             pixels = normalize_pixels(pixels, self.normalize)
         batch: dict[str, Any] = {
             "pixel_values": pixels,
@@ -97,3 +106,17 @@ class Collator:
         if all(label is not None for label in labels):
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         return batch
+
+
+def build_collator(data_cfg: DataConfig, tokenizer: Any, normalize: Any | None = None) -> Collator:
+    """The Collator the data config describes (max_text_length, pad_to_max_length)."""
+    return Collator(tokenizer, max_length=data_cfg.max_text_length, pad_to_max_length=data_cfg.pad_to_max_length,
+                    normalize=normalize)
+
+
+def build_eval_loader(samples: Sequence[Sample], image_transform: Callable[[Any], torch.Tensor], collator: Collator,
+                      batch_size: int, image_cache: Any | None = None, num_workers: int = 0,
+                      pin_memory: bool = False) -> DataLoader:
+    """A split's posts in order (no shuffling), for evaluation and validation."""
+    return DataLoader(CLARADataset(samples, image_transform, image_cache), batch_size=batch_size, shuffle=False,
+                      collate_fn=collator, num_workers=num_workers, pin_memory=pin_memory)

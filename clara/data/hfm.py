@@ -1,28 +1,12 @@
-"""HFM: the Twitter multimodal sarcasm dataset of Cai et al. (ACL 2019), with its fixed splits.
+"""HFM reader: the Twitter multimodal sarcasm dataset of Cai et al. (ACL 2019), with its fixed splits.
 
-("HFM" is the name of Cai et al.'s Hierarchical Fusion Model; the CLARA seed calls the dataset
-that. It is not Facebook's Hateful Memes: label 1 = sarcastic, 0 = not sarcastic.)
-
-Layout:
-    text/train.txt                         `['<id>', '<text>', <label>]` per line
-    text/valid2.txt | val.txt | valid.txt  `['<id>', '<text>', <hashtag_label>, <human_label>]`
-    text/test2.txt | test.txt              (same as valid; the first name found is used)
-    images: <split>/<id>.jpg|.png, else <split>/image/<id>..., else image/<id>...
-            (<split> is train, val or valid, test; looked up in that order)
-Files are UTF-8 with CRLF line endings; each line is a Python list literal, parsed with
-`ast.literal_eval` (never eval or json). A line with 3 or 4 fields is accepted: the label is
-the *last* field (hfm_label="human": the human re-annotation on val/test, Cai et al.'s and
-CLMLF's choice) or the third field (hfm_label="hashtag": what the CLARA notebooks used). Train
-lines carry one label, so both choices read the same train labels.
-
-The train file is filtered as Cai et al. did: a post whose whitespace tokens include any of
-TRAIN_FILTER_TOKENS is skipped ("train_keyword_filter"); their images were never released.
-
-Checks per line, in order: parses with 3-4 fields of the right types ("malformed_line", the
-example naming file and line), decodes as UTF-8 ("undecodable_text"), id not seen before in
-any split ("duplicate_id"), train keyword filter ("train_keyword_filter"), text not blank
-("empty_text"), image found ("missing_image"); image decoding ("unreadable_image") is checked
-afterwards by `load_dataset`.
+Not Facebook's Hateful Memes ("HFM" is Cai et al.'s model, whose name the CLARA seed gives the
+dataset): label 1 = sarcastic. Layout: text/train.txt, text/valid2.txt (or val.txt, valid.txt),
+text/test2.txt (or test.txt), UTF-8, one Python list literal per line (`parse_line`, never eval);
+images as `image_folders` looks them up. The label is the last field (hfm_label="human": the
+human re-annotation of val/test, Cai et al.'s and CLMLF's choice) or the third ("hashtag", the
+CLARA notebooks'); train lines carry one. Train posts holding a TRAIN_FILTER_TOKENS token are
+skipped, as Cai et al. did (their images were never released).
 """
 from __future__ import annotations
 
@@ -30,8 +14,8 @@ import ast
 from pathlib import Path
 
 from .images import ImageFolderIndex
-from .mvsa import VALID_ID, _seen_before, line_example, normalize_text, read_lines
-from .types import SPLITS, DatasetError, Sample, SkipReport
+from .mvsa import VALID_ID, line_example, normalize_text, read_lines
+from .types import OFFICIAL_SPLIT, SPLITS, Candidate, DatasetError, ReadRequest, Sample
 
 TEXT_FILES = {"train": ("train.txt",), "val": ("valid2.txt", "val.txt", "valid.txt"),
               "test": ("test2.txt", "test.txt")}
@@ -87,13 +71,14 @@ def parse_line(line: str) -> tuple[str, str, list[int]] | str:
     return str(post_id), text, labels
 
 
-def load_hfm(data_dir: Path, hfm_label: str, skipped: SkipReport,
-             skipped_ids: dict[str, str]) -> tuple[str, dict[str, list[Sample]]]:
-    """Read an HFM folder; return (layout, kept samples per official split).
+def load_hfm(request: ReadRequest) -> tuple[str, list[Sample]]:
+    """Read an HFM folder; return (layout, kept samples, split by split, each marked with its
+    OFFICIAL_SPLIT). Skips go to the request.
 
     layout: "split-folders" (every image found under train/, val/, test/), "flat-images" (all
     in image/) or "mixed".
     """
+    data_dir, hfm_label, skip = request.data_dir, request.hfm_label, request.skip
     if hfm_label not in HFM_LABEL_CHOICES:
         raise DatasetError(f"unknown hfm_label {hfm_label!r}; choose human (last field, standard) or "
                            "hashtag (third field, as the CLARA notebooks)")
@@ -105,55 +90,68 @@ def load_hfm(data_dir: Path, hfm_label: str, skipped: SkipReport,
     if not any(index.exists for index in indexes.values()):
         raise DatasetError(f"no image folder in {data_dir}: expected {EXPECTED_LAYOUT}")
 
-    def skip(reason: str, example: str, post_id: str | None) -> None:
-        skipped.add(reason, example)
-        if post_id is not None:
-            skipped_ids.setdefault(post_id, reason)
-
     seen: set[str] = set()
     flat_dir = data_dir / FLAT_IMAGE_FOLDER
     used_flat = used_split = False
-    splits: dict[str, list[Sample]] = {}
+    samples: list[Sample] = []
     for split_name in SPLITS:
         path = text_files[split_name]
         folders = image_folders(data_dir, split_name)
-        kept: list[Sample] = []
+        # Checks in order, the first failing one the skip reason: UTF-8, parses, new id, keyword
+        # filter (train), text not blank, image found; load_dataset decodes the images later.
+        # A post with its image is a candidate even when refused: the notebook keeps it.
         for line_number, raw_line in read_lines(path):
             if not raw_line.strip():
                 continue
             try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError:
-                skip("undecodable_text", line_example(path, line_number, raw_line, "not UTF-8"), None)
-                continue
+                line, undecodable = raw_line.decode("utf-8"), False
+            except UnicodeDecodeError:  # the notebook reads it with errors="ignore"
+                line, undecodable = raw_line.decode("utf-8", errors="ignore"), True
             parsed = parse_line(line.strip())
-            if isinstance(parsed, str):
-                skip("malformed_line", line_example(path, line_number, line, parsed), None)
+            if isinstance(parsed, str) or undecodable:
+                if undecodable:
+                    skip("undecodable_text", line_example(path, line_number, raw_line, "not UTF-8"), None)
+                else:
+                    skip("malformed_line", line_example(path, line_number, line, parsed), None)
+                if not isinstance(parsed, str) and _find_image(indexes, folders, parsed[0]) is not None:
+                    request.candidates.append(Candidate(parsed[0], _label(parsed[2], hfm_label), split_name,
+                                                        refusal="undecodable_text"))
                 continue
             post_id, raw_text, labels = parsed
-            if _seen_before(post_id, seen, skip, line_example(path, line_number, line)):
-                continue
-            if split_name == "train" and not TRAIN_FILTER_TOKENS.isdisjoint(raw_text.split()):
-                skip("train_keyword_filter", post_id, post_id)
-                continue
-            text = normalize_text(raw_text)
-            if not text:
-                skip("empty_text", post_id, post_id)
-                continue
-            image_path = next((p for p in (indexes[f].find(post_id) for f in folders) if p is not None), None)
-            if image_path is None:
-                skip("missing_image", post_id, post_id)
+            label, text = _label(labels, hfm_label), normalize_text(raw_text)
+            image_path = _find_image(indexes, folders, post_id)
+            reason, example = None, post_id
+            if post_id in seen:
+                reason, example = "duplicate_id", line_example(path, line_number, line)
+            elif split_name == "train" and not TRAIN_FILTER_TOKENS.isdisjoint(raw_text.split()):
+                reason = "train_keyword_filter"
+            elif not text:
+                reason = "empty_text"
+            elif image_path is None:
+                reason = "missing_image"
+            seen.add(post_id)
+            if reason is not None:
+                skip(reason, example, None if reason == "duplicate_id" else post_id)
+                if image_path is not None:
+                    request.candidates.append(Candidate(post_id, label, split_name, refusal=reason))
                 continue
             if image_path.parent == flat_dir:
                 used_flat = True
             else:
                 used_split = True
-            label = labels[-1] if hfm_label == "human" else labels[0]
             annotations = ({"hashtag_label": labels[0], "human_label": labels[1]} if len(labels) == 2
                            else {"hashtag_label": labels[0]})
-            kept.append(Sample(id=post_id, text=text, image_path=image_path, label=label,
-                               annotations={**annotations, "official_split": split_name,
-                                            "text_file": path.name}))
-        splits[split_name] = kept
+            request.candidates.append(Candidate(post_id, label, split_name))
+            samples.append(Sample(id=post_id, text=text, image_path=image_path, label=label,
+                                  annotations={**annotations, OFFICIAL_SPLIT: split_name,
+                                               "text_file": path.name}))
     layout = "mixed" if used_flat and used_split else "flat-images" if used_flat else "split-folders"
-    return layout, splits
+    return layout, samples
+
+
+def _label(labels: list[int], hfm_label: str) -> int:
+    return labels[-1] if hfm_label == "human" else labels[0]
+
+
+def _find_image(indexes: dict[Path, ImageFolderIndex], folders: list[Path], post_id: str) -> Path | None:
+    return next((p for p in (indexes[f].find(post_id) for f in folders) if p is not None), None)

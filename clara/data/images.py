@@ -1,9 +1,11 @@
 """Safe image opening, image-file lookup and CLIP-style preprocessing.
 
-Every image clara reads goes through `open_image`: it fully decodes the file (so truncated or
-corrupt files fail here, not inside a training step), applies the EXIF orientation, composites
-any transparency onto white and returns an RGB image. Problems raise `ImageError`, which names
-the file and the problem; callers skip and report such posts, they never substitute an image.
+Every image clara reads goes through `open_image`: it refuses, from the header, sizes that
+would take unbounded memory to decode or resize (the limits below), fully decodes the file (so
+truncated or corrupt files fail here, not inside a training step), shrinks it to what the model
+needs, applies the EXIF orientation, composites any transparency onto white and returns an RGB
+image. Problems raise `ImageError`, which names the file and the problem; callers skip and
+report such posts, they never substitute an image.
 
 torch/torchvision are imported only when an `ImageTransform` is built, so that loading and
 summarising a dataset (scripts/data_summary.py) does not pay for importing torch.
@@ -11,6 +13,7 @@ summarising a dataset (scripts/data_summary.py) does not pay for importing torch
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 import warnings
@@ -27,6 +30,18 @@ from PIL import Image, ImageOps
 # ImageError and also refuses anything over its `max_pixels` argument.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Longest side and widest aspect ratio decoded. The model resizes the shorter side to its input
+# size (224 px), so a 1 x 400,000 strip would become 224 x 89,600,000 pixels (gigabytes): the
+# ratio bounds that resize, the side bounds a strip's decode.
+MAX_IMAGE_SIDE = 12_000
+MAX_ASPECT_RATIO = 20
+# Right after decoding, images are shrunk by a whole factor (JPEG: decoded at 1/2, 1/4 or 1/8
+# scale; others: PIL `reduce`) while their shorter side stays at least this long: twice the
+# largest encoder input clara builds (224 px), so the model's own resize still antialiases.
+MIN_KEPT_SHORTER_SIDE = 448
+# Modes PIL's `reduce` averages correctly; others (palette, 1-bit, 16-bit, a transparent colour
+# key) become RGB or RGBA first.
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F")
 
 # Extensions tried, in this order, when looking up `<id>.<ext>`; the content decides the real
 # format (a PNG named .jpg opens fine).
@@ -66,12 +81,15 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_IMAGE_PIXELS) -
 
     `source` is a path, the file's bytes, a binary file object (e.g. a Streamlit upload) or an
     already opened PIL image. Transparent pixels are composited onto white; CMYK, palette,
-    grey and 16-bit images are converted to RGB. Raises ImageError naming the source for a
-    missing, empty, truncated, corrupt or oversized (> max_pixels) image.
+    grey and 16-bit images are converted to RGB. Images whose shorter side is at least twice
+    MIN_KEPT_SHORTER_SIDE come back shrunk by a whole factor. Raises ImageError naming the source
+    for a missing, empty, truncated or corrupt image, or one over max_pixels, MAX_IMAGE_SIDE or
+    MAX_ASPECT_RATIO (checked from the header, before decoding).
     """
     name = describe_source(source)
     if isinstance(source, Image.Image):
-        return _to_rgb(_apply_exif_orientation(source, name), name)
+        _check_size(source.width, source.height, name, max_pixels)
+        return _to_rgb(_apply_exif_orientation(_shrink(source, name), name), name)
     try:
         if isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as file:
@@ -99,17 +117,43 @@ def _decode(file: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
     except Exception as exc:  # PIL raises many types for malformed headers
         raise ImageError(name, f"corrupt image header ({type(exc).__name__}: {exc})") from None
     with image:
-        pixels = image.width * image.height
-        if max_pixels is not None and pixels > max_pixels:
-            raise ImageError(name, f"{image.width}x{image.height} = {pixels:,} pixels is over the "
-                                   f"limit of {max_pixels:,}")
-        if pixels == 0:
-            raise ImageError(name, "image has zero width or height")
+        _check_size(image.width, image.height, name, max_pixels)
+        scale = MIN_KEPT_SHORTER_SIDE / min(image.size)
+        if scale <= 0.5:  # JPEG only (a no-op for other formats): decode at a reduced DCT scale
+            image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         try:
             image.load()  # full decode: truncated or corrupt data fails here
         except Exception as exc:  # OSError "image file is truncated", SyntaxError, ValueError, ...
             raise ImageError(name, f"cannot decode the image data ({type(exc).__name__}: {exc})") from None
-        return _to_rgb(_apply_exif_orientation(image, name), name)
+        # Shrunk before the copies that orientation and RGB conversion make.
+        return _to_rgb(_apply_exif_orientation(_shrink(image, name), name), name)
+
+
+def _check_size(width: int, height: int, name: str, max_pixels: int | None) -> None:
+    """Refuse, before decoding, a size whose decode or resize would take unbounded memory."""
+    pixels = width * height
+    if max_pixels is not None and pixels > max_pixels:
+        raise ImageError(name, f"{width}x{height} = {pixels:,} pixels is over the limit of {max_pixels:,}")
+    if pixels == 0:
+        raise ImageError(name, "image has zero width or height")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ImageError(name, f"{width}x{height}: its longer side is over the limit of {MAX_IMAGE_SIDE:,} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(name, f"{width}x{height} is too thin (aspect ratio over {MAX_ASPECT_RATIO}:1): resizing it "
+                               "for the model would take gigabytes")
+
+
+def _shrink(image: Image.Image, name: str) -> Image.Image:
+    """`image` reduced by the largest whole factor that keeps its shorter side >= MIN_KEPT_SHORTER_SIDE."""
+    factor = min(image.size) // MIN_KEPT_SHORTER_SIDE
+    if factor < 2:
+        return image
+    try:
+        if image.mode not in _REDUCIBLE_MODES or "transparency" in image.info:
+            image = image.convert("RGBA" if _has_alpha(image) else "RGB")  # a mode `reduce` cannot average
+        return image.reduce(factor)
+    except Exception as exc:
+        raise ImageError(name, f"cannot convert mode {image.mode} to RGB ({type(exc).__name__}: {exc})") from None
 
 
 def _apply_exif_orientation(image: Image.Image, name: str) -> Image.Image:
@@ -122,8 +166,7 @@ def _apply_exif_orientation(image: Image.Image, name: str) -> Image.Image:
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     """RGB copy of `image`; transparent pixels become white rather than whatever colour they hide."""
     try:
-        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-        if not has_alpha:
+        if not _has_alpha(image):
             return image.convert("RGB")
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -131,6 +174,10 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
         return background.convert("RGB")
     except Exception as exc:
         raise ImageError(name, f"cannot convert mode {image.mode} to RGB ({type(exc).__name__}: {exc})") from None
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def verify_images(paths: Sequence[Path], progress: bool = False,

@@ -1,32 +1,13 @@
-"""MVSA-Single and MVSA-Multiple loaders (raw and simplified layouts, clara and standard protocols).
+"""MVSA-Single and MVSA-Multiple readers: raw and simplified layouts, clara and standard protocols.
 
-Raw layout (the datasets as released):
-    labelResultAll.txt   header `ID<TAB>text,image`, then `<id><TAB><text>,<image>` (Single, one
-                         annotator) or `<id><TAB>t1,i1<TAB>t2,i2<TAB>t3,i3` (Multiple, three)
-    data/<id>.jpg        the image;  data/<id>.txt  the tweet text (not always UTF-8)
-Simplified layout (the CLARA seed README):
-    labelResultAll.txt   `<id> | <label> | <text>` per line
-    images/<id>.jpg
-The layout is detected from the label file's lines (pipes or not) and must have its folder.
-
-Protocols (the raw layout; clara-reference.md §1):
-- clara: keep a post only if every label (text and image, every annotator) is the same.
-- standard (Xu et al. 2017): per modality, Multiple keeps a label only if >= 2 of 3 annotators
-  gave it (else "no_majority"); then equal labels -> that label, neutral + positive/negative ->
-  the positive/negative one, positive vs negative -> dropped ("labels_conflict").
-The simplified layout holds one already-resolved label per post, so both protocols keep every
-post with its label (only the split differs).
-
-Checks per post, in this order, the first failing one being its skip reason: line parses
-("malformed_line"), id not seen before ("duplicate_id"), protocol keeps it ("labels_disagree",
-"labels_conflict", "no_majority"), image file exists ("missing_image"), text file exists
-("missing_text"), text decodes ("undecodable_text"), text not blank ("empty_text"). Image
-decoding ("unreadable_image") is checked afterwards by `load_dataset`.
-
-Text files are decoded as UTF-8 (a BOM is dropped), else as UTF-16 when they start with a
-UTF-16 BOM, else as cp1252 (the Windows encoding most non-UTF-8 tweets are in); a sample so
-decoded records it in `annotations["text_encoding"]`. Bytes that none of these decode, or text
-holding NUL characters (a binary file), are "undecodable_text".
+Raw layout (as released): labelResultAll.txt, a header then `<id><TAB><text>,<image>` with one
+label pair per annotator (Single 1, Multiple 3), beside data/<id>.jpg and data/<id>.txt.
+Simplified layout (the CLARA seed README): `<id> | <label> | <text>` lines beside
+images/<id>.jpg. The layout is detected from the label file's lines (`_detect_layout`).
+The protocols are `resolve_label`'s (docs/METHOD.md); text decoding is `decode_text`'s. Each
+post's first failing check (in the order `_load_raw` runs them) is its skip reason. The split's
+candidates are the posts with their label and files in place, as the notebooks keep them (empty
+or undecodable text included); `load_dataset` decodes images and removes refusals after splitting.
 """
 from __future__ import annotations
 
@@ -36,14 +17,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import LABELS
+from clara.datasets import MVSA_LABELS, REGISTRY
+
 from .images import ImageFolderIndex
-from .types import DatasetError, Sample, SkipReport, read_without_bom
+from .types import Candidate, DatasetError, ReadRequest, Sample, read_without_bom
 
 LABEL_FILE = "labelResultAll.txt"
-MVSA_LABELS = LABELS["mvsa_single"]
 ANNOTATORS = {"mvsa_single": 1, "mvsa_multiple": 3}
-DATASET_TITLES = {"mvsa_single": "MVSA-Single", "mvsa_multiple": "MVSA-Multiple"}
 
 # Ids become file names: only plain tokens, never a path.
 VALID_ID = re.compile(r"[A-Za-z0-9_\-]+")
@@ -53,7 +33,10 @@ SkipFn = Callable[[str, str, "str | None"], None]
 
 
 def decode_text(raw: bytes) -> tuple[str, str] | None:
-    """(text, encoding) for a text file's bytes, or None if it cannot be decoded as text."""
+    """(text, encoding) for a text file's bytes, or None if it cannot be decoded as text.
+
+    UTF-8 (a BOM dropped), else UTF-16 when it starts with a UTF-16 BOM, else cp1252 (the
+    Windows encoding most non-UTF-8 tweets are in); text holding NUL (a binary file) is None."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         candidates = ("utf-16",)
     else:
@@ -101,7 +84,12 @@ def line_example(path: Path, line_number: int, line: str | bytes, problem: str =
 
 
 def resolve_label(text_labels: list[str], image_labels: list[str], protocol: str) -> tuple[str | None, str | None]:
-    """(label, None) if the protocol keeps the post, else (None, skip reason)."""
+    """(label, None) if the protocol keeps the post, else (None, skip reason).
+
+    clara: every label (text and image, every annotator) is the same. standard (Xu et al. 2017):
+    per modality the label of >= 2 of 3 annotators (else "no_majority"); equal labels give that
+    label, neutral + positive/negative the polar one, positive vs negative "labels_conflict".
+    The simplified layout holds one resolved label per post, which both protocols keep."""
     if protocol == "clara":
         distinct = set(text_labels) | set(image_labels)
         return (distinct.pop(), None) if len(distinct) == 1 else (None, "labels_disagree")
@@ -125,13 +113,13 @@ def _majority(labels: list[str]) -> str | None:
     return label if count >= 2 else None
 
 
-def load_mvsa(dataset: str, data_dir: Path, protocol: str, skipped: SkipReport,
-              skipped_ids: dict[str, str]) -> tuple[str, list[Sample]]:
-    """Read an MVSA folder; return (layout, kept samples). Skips go to `skipped` (and
-    `skipped_ids`: id -> reason); an unusable folder raises DatasetError."""
+def load_mvsa(request: ReadRequest) -> tuple[str, list[Sample]]:
+    """Read an MVSA folder; return (layout, kept samples). Skips and the split's candidates go to
+    the request; an unusable folder raises DatasetError."""
+    dataset, data_dir, protocol = request.dataset, request.data_dir, request.protocol
     if dataset not in ANNOTATORS:
         raise DatasetError(f"unknown MVSA dataset {dataset!r}; choose mvsa_single or mvsa_multiple")
-    title = DATASET_TITLES[dataset]
+    title = REGISTRY[dataset].title
     label_file = data_dir / LABEL_FILE
     if not label_file.is_file():
         raise DatasetError(_missing_label_file_message(data_dir, title))
@@ -142,16 +130,19 @@ def load_mvsa(dataset: str, data_dir: Path, protocol: str, skipped: SkipReport,
         raise DatasetError(f"{label_file} is in the {layout} layout but {folder} is missing: expected "
                            + ("data/<id>.jpg and data/<id>.txt next to it" if layout == "raw"
                               else "images/<id>.jpg next to it"))
-
-    def skip(reason: str, example: str, post_id: str | None) -> None:
-        skipped.add(reason, example)
-        if post_id is not None:
-            skipped_ids.setdefault(post_id, reason)
-
+    images = ImageFolderIndex(folder)
+    # The split's candidates, id -> label, in reading order (filled by the layout's reader).
+    candidate_labels: dict[str, str] = {}
     if layout == "raw":
-        samples = _load_raw(dataset, label_file, lines, folder, protocol, skip)
+        samples = _load_raw(dataset, label_file, lines, images, protocol, request.skip, candidate_labels)
     else:
-        samples = _load_simplified(label_file, lines, folder, skip)
+        samples = _load_simplified(label_file, lines, images, request.skip, candidate_labels)
+    kept = {s.id for s in samples}
+    request.candidates = [
+        Candidate(post_id, MVSA_LABELS.index(label), refusal=None if post_id in kept else request.skipped_ids[post_id])
+        for post_id, label in candidate_labels.items()
+        # The notebooks drop a post without its image (or, raw layout, its text file) before splitting.
+        if images.find(post_id) is not None and (layout != "raw" or (folder / f"{post_id}.txt").is_file())]
     return layout, samples
 
 
@@ -182,10 +173,13 @@ def _content_lines(lines: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return content[1:] if content and _is_header(content[0][1]) else content
 
 
-def _load_raw(dataset: str, label_file: Path, lines: list[tuple[int, bytes]], folder: Path, protocol: str,
-              skip: SkipFn) -> list[Sample]:
+def _load_raw(dataset: str, label_file: Path, lines: list[tuple[int, bytes]], images: ImageFolderIndex,
+              protocol: str, skip: SkipFn, candidate_labels: dict[str, str]) -> list[Sample]:
+    """The kept samples (the first line of an id wins); `candidate_labels` gets every post that
+    passes the protocol (clara: as the notebooks' `lbl` dict, so an id sits where its first
+    agreeing line is, with its last agreeing line's label)."""
     expected_pairs = ANNOTATORS[dataset]
-    images = ImageFolderIndex(folder)
+    folder = images.folder
     samples: list[Sample] = []
     seen: set[str] = set()
     pair_counts: Counter = Counter()  # label pairs per parsable line, to recognise the other MVSA dataset
@@ -199,14 +193,17 @@ def _load_raw(dataset: str, label_file: Path, lines: list[tuple[int, bytes]], fo
         if problem:
             skip("malformed_line", line_example(label_file, line_number, line, problem), None)
             continue
-        if _seen_before(post_id, seen, skip, line_example(label_file, line_number, line)):
-            continue
         text_labels, image_labels = [p[0] for p in parsed], [p[1] for p in parsed]
         label, reason = resolve_label(text_labels, image_labels, protocol)
+        if protocol == "clara" and label is not None:
+            candidate_labels[post_id] = label  # a repeated agreeing line relabels it in place
+        if _seen_before(post_id, seen, skip, line_example(label_file, line_number, line)):
+            continue
         if reason is not None:
             shown = f"text {'/'.join(text_labels)}, image {'/'.join(image_labels)}"
             skip(reason, f"{post_id} ({shown})", post_id)
             continue
+        candidate_labels.setdefault(post_id, label)
         image_path = images.find(post_id)
         if image_path is None:
             skip("missing_image", post_id, post_id)
@@ -251,10 +248,10 @@ def _parse_pairs(pairs: list[str]) -> list[tuple[str, str]] | None:
 
 def _raise_wrong_dataset(dataset: str, label_file: Path, pair_counts: Counter) -> None:
     found = pair_counts.most_common(1)[0][0]
-    other = {1: "mvsa_single", 3: "mvsa_multiple"}.get(found)
-    hint = f"; that is the {DATASET_TITLES[other]} format (use --dataset {other})" if other else ""
+    other = {count: name for name, count in ANNOTATORS.items()}.get(found)
+    hint = f"; that is the {REGISTRY[other].title} format (use --dataset {other})" if other else ""
     raise DatasetError(f"{label_file} has {found} text,image label pair(s) on most lines, but "
-                       f"{DATASET_TITLES[dataset]} has {ANNOTATORS[dataset]}{hint}")
+                       f"{REGISTRY[dataset].title} has {ANNOTATORS[dataset]}{hint}")
 
 
 def _make_sample(post_id: str, raw_text: bytes, image_path: Path, label: str,
@@ -283,8 +280,8 @@ def _parse_simplified_label(value: str) -> str | None:
     return None
 
 
-def _load_simplified(label_file: Path, lines: list[tuple[int, bytes]], folder: Path, skip: SkipFn) -> list[Sample]:
-    images = ImageFolderIndex(folder)
+def _load_simplified(label_file: Path, lines: list[tuple[int, bytes]], images: ImageFolderIndex, skip: SkipFn,
+                     candidate_labels: dict[str, str]) -> list[Sample]:
     samples: list[Sample] = []
     seen: set[str] = set()
     for line_number, raw_line in lines:
@@ -297,6 +294,7 @@ def _load_simplified(label_file: Path, lines: list[tuple[int, bytes]], folder: P
             continue
         if _seen_before(post_id, seen, skip, line_example(label_file, line_number, raw_line)):
             continue
+        candidate_labels[post_id] = label
         image_path = images.find(post_id)
         if image_path is None:
             skip("missing_image", post_id, post_id)

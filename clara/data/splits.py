@@ -1,41 +1,24 @@
 """Train/val/test splits: the protocols' stratified random splits and user-supplied split files.
 
-Rounding rule (per class, after a seeded shuffle): every split except the protocol's
-*remainder split* gets floor(fraction x class size) posts; the remainder split gets the rest.
-
-- clara (70/15/15): train and val are floored, test takes the rest -- what the notebooks'
-  `int(0.7 * n)`, `int(0.15 * n)` slicing does. MVSA-Single shaped data (1,398/470/724)
-  gives 1,813/387/392 and MVSA-Multiple shaped data (2,173/1,268/114) 2,487/532/536, the
-  published sizes.
-- standard (8:1:1): val and test are floored, train takes the rest. This reproduces the sizes
-  of the split most papers use (CLMLF's): MVSA-Single 2,683/470/1,358 -> 3,611/450/450 and
-  MVSA-Multiple 11,318/4,408/1,298 -> 13,624/1,700/1,700.
-
-No single remainder choice gives both: flooring train for the standard protocol gives
-3,608/450/453, and flooring val and test for the clara protocol gives 1,818/387/387. The
-published clara sizes need a floored train; the published standard sizes need floored
-val/test. The sizes match; which ids land where is random, so compare with published numbers
-on the standard protocol through a splits file (CLMLF's ids), not through this random split.
-
-Split files (`--splits FILE`), two formats:
-- JSON: `{"train": [ids], "val": [ids], "test": [ids]}` ("dev", "valid" or "validation" are
-  accepted for "val"); ids may be strings or integers.
-- TSV: one `id<TAB>split` per line (any whitespace works), split being train/val/test (or an
-  alias above); blank lines and a first line `id<TAB>split` are ignored.
-An id listed under two different splits is an error; listed twice under the same split is
-harmless. Loaded posts whose id the file does not list are skipped ("not_in_splits_file");
-ids the file lists that were not loaded are reported ("splits_file_id_not_loaded").
+Per class, after a seeded shuffle, every split but the rule's remainder split takes
+floor(fraction x class size) posts. clara (70/15/15, remainder test) is the notebooks'
+`MVSALoader.split`: classes in label order, each shuffled in the order its posts were read.
+standard (8:1:1, remainder train) is ours: each class in id order. Every split keeps the input
+order. The published sizes each rule gives, and why the remainders differ: docs/FIDELITY.md
+("Splits"). Split files: `read_splits_file`.
 """
 from __future__ import annotations
 
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol, TypeVar
 
-from .types import SPLITS, DatasetError, Sample, SkipReport, read_without_bom
+from .types import SPLITS, Candidate, DatasetError, Sample, SkipReport, read_without_bom
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "valid": "val", "validation": "val",
                  "test": "test"}
@@ -43,9 +26,11 @@ SPLIT_ALIASES = {"train": "train", "val": "val", "dev": "val", "valid": "val", "
 
 @dataclass(frozen=True)
 class SplitRule:
-    """Fractions per split (summing to 1) and the split that takes the rounding remainder."""
-    fractions: dict[str, Fraction]
+    """Fractions per split (summing to 1), the split that takes the rounding remainder, and
+    whether the notebooks' file order applies (see `stratified_split`)."""
+    fractions: dict[str, Fraction | float]
     remainder: str
+    file_order: bool = False
 
     def sizes(self, n: int) -> dict[str, int]:
         """Split sizes for a class of n posts."""
@@ -55,11 +40,28 @@ class SplitRule:
 
 
 PROTOCOL_RULES: dict[str, SplitRule] = {
-    "clara": SplitRule({"train": Fraction(70, 100), "val": Fraction(15, 100), "test": Fraction(15, 100)},
-                       remainder="test"),
+    # Floats on purpose: the notebooks' int(n * 0.7), which is 62 for a class of 90 (not 63).
+    "clara": SplitRule({"train": 0.7, "val": 0.15, "test": 0.15}, remainder="test", file_order=True),
     "standard": SplitRule({"train": Fraction(8, 10), "val": Fraction(1, 10), "test": Fraction(1, 10)},
                           remainder="train"),
 }
+
+
+class _Post(Protocol):
+    id: str
+    label: int
+
+
+P = TypeVar("P", bound=_Post)
+
+
+def protocol_rule(rule: SplitRule | str) -> SplitRule:
+    """`rule` itself, or the rule of the protocol it names."""
+    if isinstance(rule, SplitRule):
+        return rule
+    if rule not in PROTOCOL_RULES:
+        raise DatasetError(f"unknown protocol {rule!r}; choose one of: {', '.join(PROTOCOL_RULES)}")
+    return PROTOCOL_RULES[rule]
 
 
 def id_sort_key(post_id: str) -> tuple[int, int, str]:
@@ -67,35 +69,39 @@ def id_sort_key(post_id: str) -> tuple[int, int, str]:
     return (0, int(post_id), "") if post_id.isdigit() else (1, 0, post_id)
 
 
-def stratified_split(samples: list[Sample], rule: SplitRule | str, seed: int = 42) -> dict[str, list[Sample]]:
-    """Split per class with `rule` (or a protocol name); deterministic for a seed.
+def stratified_split(posts: Sequence[P], rule: SplitRule | str, seed: int = 42) -> dict[str, list[P]]:
+    """Split `posts` (samples or candidates: anything with `.id` and `.label`) per class.
 
-    Each class is put in id order (so the file's line order does not matter), shuffled with
-    `random.Random(seed)` (one generator, classes in label order), then cut by `rule.sizes`.
-    Within each split the samples keep their input order.
+    One `random.Random(seed)` shuffles the classes in label order, which draws what the
+    notebooks' `random.seed(seed)` + `random.shuffle` draw. A `file_order` rule shuffles each
+    class in input order, as `MVSALoader.split` does; otherwise each class is put in id order
+    first, so the input order does not matter. Every split keeps the input order (the notebooks
+    then shuffle each split, which orders posts within it and moves none: docs/FIDELITY.md).
     """
-    if isinstance(rule, str):
-        if rule not in PROTOCOL_RULES:
-            raise DatasetError(f"unknown protocol {rule!r}; choose one of: {', '.join(PROTOCOL_RULES)}")
-        rule = PROTOCOL_RULES[rule]
-    position = {id(sample): i for i, sample in enumerate(samples)}
-    by_class: dict[int, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        by_class[sample.label].append(sample)
+    rule = protocol_rule(rule)
+    by_class: dict[int, list[P]] = defaultdict(list)
+    for post in posts:
+        by_class[post.label].append(post)
     rng = random.Random(seed)
-    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
-    for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda s: id_sort_key(s.id))
+    splits: dict[str, list[P]] = {name: [] for name in SPLITS}
+    for label in sorted(by_class):  # MVSA: positive, neutral, negative, the notebooks' group order
+        members = list(by_class[label]) if rule.file_order else sorted(by_class[label], key=lambda p: id_sort_key(p.id))
         rng.shuffle(members)
         start = 0
         for name, size in rule.sizes(len(members)).items():
             splits[name].extend(members[start:start + size])
             start += size
-    return {name: sorted(part, key=lambda s: position[id(s)]) for name, part in splits.items()}
+    position = {id(post): i for i, post in enumerate(posts)}
+    return {name: sorted(part, key=lambda p: position[id(p)]) for name, part in splits.items()}
 
 
 def read_splits_file(path: str | Path) -> dict[str, str]:
-    """Read a JSON or TSV split file (formats in the module docstring); return id -> split."""
+    """Read a split file; return id -> split.
+
+    JSON `{"train": [ids], "val": [ids], "test": [ids]}` ("dev", "valid" or "validation" for
+    "val"; ids strings or integers), or TSV lines `id<TAB>split` (any whitespace; blank lines and
+    a first line `id<TAB>split` ignored). An id under two splits is an error; twice under one is not.
+    """
     path = Path(path)
     raw = read_without_bom(path, "splits file ")
     try:
@@ -192,3 +198,40 @@ def apply_splits_file(samples: list[Sample], assignment: dict[str, str], skipped
         skipped.add("splits_file_id_not_loaded", f"{post_id} (skipped: {why})" if why else
                     f"{post_id} (not in the dataset)")
     return splits
+
+
+def place_after_split(candidate_splits: dict[str, list[Candidate]], samples: list[Sample],
+                      dropped: dict[str, str]) -> tuple[dict[str, list[Sample]], dict[str, Counter]]:
+    """Put each kept sample where the split put its candidate, in that order; count the rest.
+
+    A candidate with a refusal, or whose sample was dropped after reading (`dropped`: id ->
+    reason, e.g. unreadable_image), is removed from its split and counted there under that reason.
+    """
+    kept = {sample.id: sample for sample in samples}
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    removed: dict[str, Counter] = {name: Counter() for name in SPLITS}
+    for name in SPLITS:
+        for candidate in candidate_splits[name]:
+            reason = candidate.refusal or dropped.get(candidate.id)
+            if reason is not None:
+                removed[name][reason] += 1
+                continue
+            sample = kept.pop(candidate.id, None)
+            if sample is None:
+                raise RuntimeError(f"reader bug: candidate {candidate.id} is neither refused nor kept once")
+            splits[name].append(sample)
+    if kept:
+        raise RuntimeError(f"reader bug: kept posts that are no candidates: {', '.join(sorted(kept)[:5])}")
+    return splits, removed
+
+
+def removed_by_splits_file(candidates: list[Candidate], samples: list[Sample], dropped: dict[str, str],
+                           assignment: dict[str, str]) -> dict[str, Counter]:
+    """Per split of the file, the posts it lists that were refused or dropped: reason -> count."""
+    kept_ids = {sample.id for sample in samples}
+    removed: dict[str, Counter] = {name: Counter() for name in SPLITS}
+    for candidate in candidates:
+        reason = candidate.refusal or dropped.get(candidate.id)
+        if reason is not None and candidate.id not in kept_ids and candidate.id in assignment:
+            removed[assignment[candidate.id]][reason] += 1
+    return removed

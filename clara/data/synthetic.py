@@ -1,27 +1,17 @@
 """Synthetic datasets in the exact raw formats of MVSA-Single, MVSA-Multiple and HFM.
 
-Every post carries two cues, each on its own uninformative about the label:
-- image cue: a filled square in a "positive" (yellow) or "negative" (blue) colour, about one
-  to two 16 px patch cells at 96 px, planted at a random position on a noisy textured
-  background (inside the central square, so a resize + center crop keeps it);
-- text cue: one word from a small positive or negative set planted at a random position
-  among neutral filler words.
-MVSA label: both cues positive -> positive, both negative -> negative, cues disagree ->
-neutral. HFM label: sarcastic (1) iff the cues disagree (positive words over a negative image
-or the reverse). Cue pairs are balanced, so a text-only or image-only model reaches ~50 %
-while the combination reaches 100 %.
-
-With ``quirks=True`` a known number of messy cases are planted (BOM, CRLF, header, blank and
-malformed lines, latin-1 text files, emoji, missing/empty/unreadable files, PNG/GIF under a
-.jpg name, CMYK, EXIF rotation, disagreeing annotations, Cai keyword posts). What a correct
-loader keeps and skips is written to ``synthetic_meta.json`` (which the loaders ignore), per
-post and as totals per protocol.
+Each post carries an image cue (a yellow "positive" or blue "negative" square on a noisy
+background, inside the centre crop) and a text cue (one positive or negative word among filler
+words); neither alone tells the label. MVSA: agreeing cues give their polarity, else neutral;
+HFM: sarcastic iff the cues disagree. Cue pairs are balanced, so one modality alone reaches ~50 %.
+With `quirks=True` known messy cases are planted (BOM, CRLF, malformed lines, latin-1 text,
+missing or unreadable files, disguised image formats, disagreeing annotations, Cai keywords);
+what a correct loader keeps and skips is written to `synthetic_meta.json` (the loaders ignore it).
 """
 from __future__ import annotations
 
 import io
 import json
-import math
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,23 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clara.config import LABELS
+from clara.data import SKIP_REASONS
+from clara.data.mvsa import ANNOTATORS
+from clara.datasets import MVSA_LABELS, REGISTRY
 
-# Skip-reason names as this generator expects the loaders to report them. One place, so the
-# names can be reconciled with clara/data/mvsa.py and hfm.py by editing the values only.
-SKIP_REASONS: dict[str, str] = {
-    "missing_image": "missing_image",  # label line (or list line) but no image file
-    "missing_text": "missing_text",  # MVSA: no data/<id>.txt
-    "empty_text": "empty_text",  # text is empty or only whitespace
-    "unreadable_image": "unreadable_image",  # truncated JPEG, zero-byte file
-    "malformed_line": "malformed_line",  # a label/list line that cannot be parsed
-    "label_disagreement": "labels_disagree",  # clara protocol: annotations do not all agree
-    "no_majority": "no_majority",  # standard protocol, MVSA-Multiple: no 2-of-3 label in a modality
-    "label_conflict": "labels_conflict",  # standard protocol: positive vs negative
-    "train_keyword_filter": "train_keyword_filter",  # HFM train post with a Cai et al. keyword token
-}
-
-FORMATS = ("mvsa_single", "mvsa_multiple", "hfm")
+FORMATS = ("mvsa_single", "mvsa_multiple", "hfm")  # the registry datasets this module can write
 META_FILENAME = "synthetic_meta.json"
 # With quirks every planted case needs its own post, and HFM's val/test need room for theirs.
 MIN_POSTS_WITH_QUIRKS = 40
@@ -102,13 +80,13 @@ ANNOTATION_ROLES: dict[str, dict[str, tuple[tuple[str, str] | None, list[str], l
     "mvsa_single": {
         "merge_to_positive": ((POS, POS), [NEU], [POS], POS),
         "merge_to_negative": ((NEG, NEG), [NEG], [NEU], NEG),
-        "conflict": (None, [POS], [NEG], "skip:label_conflict"),
+        "conflict": (None, [POS], [NEG], "skip:labels_conflict"),
     },
     "mvsa_multiple": {
         "merge_to_positive": ((POS, POS), [POS, POS, NEU], [POS, POS, POS], POS),
         "merge_to_negative": ((NEG, NEG), [NEG, NEG, NEG], [NEU, NEU, NEU], NEG),
         "no_majority": (None, [POS, NEU, NEG], [NEU, NEU, NEU], "skip:no_majority"),
-        "conflict": (None, [POS, POS, POS], [NEG, NEG, POS], "skip:label_conflict"),
+        "conflict": (None, [POS, POS, POS], [NEG, NEG, POS], "skip:labels_conflict"),
     },
 }
 
@@ -363,7 +341,7 @@ def _text_bytes(post: _Post, rng: np.random.Generator) -> bytes:
 
 def _write_mvsa(fmt: str, out_dir: Path, n: int, rng: np.random.Generator, image_size: int,
                 quirks: bool, realistic: bool) -> dict[str, Any]:
-    annotators = 1 if fmt == "mvsa_single" else 3
+    annotators = ANNOTATORS[fmt]
     n_malformed = 2 if quirks else 0
     # Ids are not contiguous in the real files (4,869 posts with ids 1-5129).
     id_pool = rng.choice(np.arange(1, int(n * 1.08) + 20), size=n + n_malformed, replace=False)
@@ -392,7 +370,7 @@ def _write_mvsa(fmt: str, out_dir: Path, n: int, rng: np.random.Generator, image
             text_ann, image_ann = [post.label] * annotators, [post.label] * annotators
         post.annotations = {"text": text_ann, "image": image_ann}
         if post.role in annotation_roles:
-            post.outcome = {"clara": _skip("label_disagreement"),
+            post.outcome = {"clara": _skip("labels_disagree"),
                             "standard": _skip(standard[len("skip:"):]) if standard.startswith("skip:") else standard}
         elif post.role in MVSA_SKIP_ROLES:
             reason = _skip(MVSA_SKIP_ROLES[post.role])
@@ -418,8 +396,12 @@ def _write_mvsa(fmt: str, out_dir: Path, n: int, rng: np.random.Generator, image
     (out_dir / "labelResultAll.txt").write_bytes((b"\xef\xbb\xbf" if quirks else b"") + content.encode("utf-8"))
 
     protocols = ("clara", "standard")
-    expected = {p: _expected_counts(posts, p, LABELS[fmt], malformed_lines) for p in protocols}
-    expected["clara"]["splits"] = _clara_split_sizes(expected["clara"]["class_counts"])
+    expected = {p: _expected_counts(posts, p, list(REGISTRY[fmt].labels), malformed_lines) for p in protocols}
+    # The clara split is computed over the posts the notebooks keep (empty texts and unreadable
+    # images too); load_dataset then removes those, so only the sizes before that are fixed.
+    split_over = Counter(p.label for p in posts
+                         if p.outcome["clara"] in (*MVSA_LABELS, _skip("empty_text"), _skip("unreadable_image")))
+    expected["clara"]["splits_before_removal"] = _clara_split_sizes(split_over)
     handled = _handled(posts, MVSA_HANDLED_ROLES, quirks)
     if quirks:
         handled.update({"header_line": 1, "label_file_bom": 1, "label_file_crlf": 1, "blank_line": 1})
@@ -433,8 +415,8 @@ def _write_mvsa(fmt: str, out_dir: Path, n: int, rng: np.random.Generator, image
 
 def _clara_split_sizes(class_counts: dict[str, int]) -> dict[str, int]:
     """Per class floor(0.70 c) / floor(0.15 c) / rest: gives 1,813 / 387 / 392 on 1,398 / 470 / 724."""
-    train = sum(math.floor(c * 70 / 100) for c in class_counts.values())
-    val = sum(math.floor(c * 15 / 100) for c in class_counts.values())
+    train = sum(int(c * 0.7) for c in class_counts.values())  # the notebooks' float products
+    val = sum(int(c * 0.15) for c in class_counts.values())
     return {"train": train, "val": val, "test": sum(class_counts.values()) - train - val}
 
 
@@ -444,7 +426,7 @@ def _clara_split_sizes(class_counts: dict[str, int]) -> dict[str, int]:
 
 def _write_hfm(out_dir: Path, n: int, rng: np.random.Generator, image_size: int,
                quirks: bool, realistic: bool) -> dict[str, Any]:
-    labels = LABELS["hfm"]
+    labels = list(REGISTRY["hfm"].labels)
     n_val = n_test = max(1, n // 10)
     splits = ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
     # 18-digit tweet ids, unique; two spare ones for the malformed lines.
@@ -524,7 +506,7 @@ def _expected_counts(posts: list[_Post], key: str, labels: list[str],
     kept = Counter(p.outcome[key] for p in posts if not p.outcome[key].startswith("skip:"))
     skipped = Counter(p.outcome[key][len("skip:"):] for p in posts if p.outcome[key].startswith("skip:"))
     if malformed_lines:
-        skipped[SKIP_REASONS["malformed_line"]] += len(malformed_lines)
+        skipped["malformed_line"] += len(malformed_lines)
     return {
         "total": sum(kept.values()),
         "class_counts": {label: kept.get(label, 0) for label in labels},
@@ -533,9 +515,11 @@ def _expected_counts(posts: list[_Post], key: str, labels: list[str],
     }
 
 
-def _skip(reason_key: str) -> str:
-    """A post outcome meaning "skipped", with the loader's name for the reason."""
-    return "skip:" + SKIP_REASONS[reason_key]
+def _skip(reason: str) -> str:
+    """A post outcome meaning "skipped" for `reason`, one of the loaders' SKIP_REASONS."""
+    if reason not in SKIP_REASONS:
+        raise ValueError(f"{reason!r} is not a loader skip reason")
+    return "skip:" + reason
 
 
 def _handled(posts: list[_Post], roles: dict[str, int], quirks: bool) -> dict[str, int]:
@@ -550,16 +534,15 @@ def _meta(fmt: str, layout: str, posts: list[_Post], expected: dict[str, Any], h
     return {
         "format": fmt,
         "layout": layout,
-        "labels": LABELS[fmt],
+        "labels": list(REGISTRY[fmt].labels),
         **notes,
-        "skip_reasons": SKIP_REASONS,
         "cue_words": {"positive": list(POSITIVE_WORDS), "negative": list(NEGATIVE_WORDS)},
         "cue_colours": {k: list(v) for k, v in CUE_COLOURS.items()},
         "box_coordinates": ("[x0, y0, x1, y1] in pixels of the upright image, x1/y1 exclusive; for an "
                             "exif_rotated post that is the image after EXIF transposition (the stored "
                             "pixels are rotated 90 degrees counter-clockwise)"),
         "word_index_note": "index among the whitespace-separated tokens of the text (BOM removed)",
-        "true_class_counts": {label: sum(1 for p in posts if p.label == label) for label in LABELS[fmt]},
+        "true_class_counts": {label: sum(1 for p in posts if p.label == label) for label in list(REGISTRY[fmt].labels)},
         "expected": expected,
         "handled": handled,
         "posts": {p.id: _post_record(p) for p in posts},

@@ -9,6 +9,7 @@ from typing import Any
 
 SPLITS = ("train", "val", "test")
 MAX_EXAMPLES_PER_REASON = 5
+OFFICIAL_SPLIT = "official_split"  # annotation naming a sample's split in a dataset with fixed splits
 
 
 class DatasetError(ValueError):
@@ -63,15 +64,52 @@ class SkipReport:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A post the split is computed over: one the authors' notebook keeps (MVSA clara) or one with
+    its label and files in place. `refusal`: the skip reason when we do not train on it anyway;
+    load_dataset removes such posts after the split, so they never move another post."""
+    id: str
+    label: int  # the class it is split under
+    split: str | None = None  # its official split (datasets with fixed splits)
+    refusal: str | None = None
+
+
+@dataclass
+class ReadRequest:
+    """What `load_dataset` hands a dataset's reader (the registry's `reader_path`), which returns
+    (layout, kept samples) and may list `candidates` (else the kept samples are the candidates);
+    a dataset with fixed splits marks each sample's OFFICIAL_SPLIT."""
+    dataset: str
+    data_dir: Path
+    protocol: str  # clara | standard (MVSA); readers of fixed-split datasets ignore it
+    hfm_label: str  # human | hashtag (HFM); other readers ignore it
+    # A dataset without fixed labels (custom): the class names asked for, in index order; its reader
+    # fills in those it found (sorted) when none were asked. Readers of the other datasets ignore it.
+    class_names: tuple[str, ...] = ()
+    skipped: SkipReport = field(default_factory=SkipReport)
+    skipped_ids: dict[str, str] = field(default_factory=dict)  # id -> skip reason
+    # In the order the posts were read; each kept sample is exactly one candidate without a refusal.
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def skip(self, reason: str, example: str, post_id: str | None = None) -> None:
+        """Count a skipped post or line; `post_id` (when known) is remembered with its reason."""
+        self.skipped.add(reason, example)
+        if post_id is not None:
+            self.skipped_ids.setdefault(post_id, reason)
+
+
 @dataclass
 class LoadedDataset:
     """What a loader returns: kept samples per split plus what was skipped and why."""
-    name: str  # mvsa_single | mvsa_multiple | hfm
+    name: str  # a clara.datasets.REGISTRY name
     layout: str  # e.g. "raw", "simplified", "flat-images"
     protocol: str  # clara | standard | official (HFM) ; "+splits-file" appended when one was used
     labels: list[str]
     splits: dict[str, list[Sample]]
     skipped: SkipReport
+    # Per split, posts the split placed there that were then skipped: reason -> count.
+    removed_after_split: dict[str, Counter] = field(default_factory=dict)
 
     @property
     def samples(self) -> list[Sample]:
@@ -91,4 +129,6 @@ class LoadedDataset:
             "class_counts": self.class_counts(),
             "splits": {name: len(self.splits.get(name, [])) for name in SPLITS},
             "skipped": self.skipped.as_dict(),
+            "removed_after_split": {name: dict(sorted(self.removed_after_split.get(name, Counter()).items()))
+                                    for name in SPLITS},
         }

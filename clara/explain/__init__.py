@@ -5,15 +5,16 @@ from clara.explain.attention import (AttentionMaps, NoFusionAttentionError, Patc
                                      crop_box, fusion_attentions, overlay, patch_grid)
 from clara.explain.attributions import (ImageAttribution, TextAttribution, find_text_embedding_layer,
                                         find_word_embeddings, text_baseline_ids)
-from clara.explain.explainer import (METHODS, Explainer, ExplainInput, Explanation, ModalityShare,
-                                     SplitModalityShare, modality_share_over_split, overlay_image, resolve_target)
+from clara.explain.explainer import (METHODS, Explainer, ExplainInput, Explanation, ModalityShare, overlay_image,
+                                     resolve_target)
 from clara.explain.faithfulness import DeletionCurve
 from clara.explain.relevancy import Relevancy
+from clara.explain.settings import EXPLAIN_DEFAULTS, ExplainSettings
 
 __all__ = [
-    "AttentionMaps", "DeletionCurve", "ExplainInput", "Explainer", "Explanation", "ImageAttribution", "METHODS",
-    "ModalityShare", "NoFusionAttentionError", "PatchGrid", "Relevancy", "SplitModalityShare", "TextAttribution",
+    "AttentionMaps", "DeletionCurve", "EXPLAIN_DEFAULTS", "ExplainInput", "ExplainSettings", "Explainer", "Explanation", "ImageAttribution", "METHODS",
+    "ModalityShare", "NoFusionAttentionError", "PatchGrid", "Relevancy", "TextAttribution",
     "WordMap", "build_word_map", "crop_box", "find_text_embedding_layer", "find_word_embeddings",
-    "fusion_attentions", "modality_share_over_split", "overlay", "overlay_image", "patch_grid", "resolve_target",
+    "fusion_attentions", "overlay", "overlay_image", "patch_grid", "resolve_target",
     "text_baseline_ids",
 ]

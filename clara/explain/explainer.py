@@ -8,12 +8,16 @@ app can compute them separately and show progress.
 The explainer keeps no per-call state on itself or on the model: one instance (and the model
 it wraps) can serve several threads. It never switches the model between train and eval mode;
 the model must already be in eval mode (Predictor does that), otherwise dropout would make
-every explanation random, which is refused with an error.
+every explanation random, which is refused with an error. It runs on the predictor's own
+prepared model (LoRA merged) at the predictor's precision (`predictor.autocast()`); its defaults
+are `clara.explain.settings.EXPLAIN_DEFAULTS`.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -21,14 +25,15 @@ import torch
 from PIL import Image
 
 from clara.data.images import ImageSource, open_image
+from clara.jsonio import to_jsonable
 from clara.explain.attention import (AttentionMaps, NoFusionAttentionError, PatchGrid, WordMap, attention_maps,
                                      build_word_map, overlay, patch_grid)
 from clara.explain.attributions import (ImageAttribution, TextAttribution, default_internal_batch_size,
-                                        image_integrated_gradients, image_occlusion, text_integrated_gradients)
+                                        encoder_tokens, image_integrated_gradients, image_occlusion,
+                                        text_integrated_gradients)
 from clara.explain.faithfulness import DeletionCurve, deletion_curves, modality_removal_drops
 from clara.explain.relevancy import Relevancy, co_attention_relevancy
-
-METHODS = ("attention", "relevancy", "text_ig", "image_ig", "occlusion", "modality_share", "deletion")
+from clara.explain.settings import EXPLAIN_DEFAULTS, METHODS, ExplainSettings
 SHARE_BY_ATTRIBUTION = ("integrated-gradients attribution mass: sum over words of |text LIG score| vs "
                         "sum over patches of |image IG score|, each as a fraction of the two")
 SHARE_BY_REMOVAL = ("modality removal: |p(x) - p(text replaced by padding)| vs |p(x) - p(image replaced by "
@@ -54,6 +59,8 @@ class ExplainInput:
     target_index: int  # explained class (default: the predicted one)
     original_size: tuple[int, int]  # (width, height) of the original image
     text_truncated: bool
+    vision_tokens: torch.Tensor | None = None  # the encoders' outputs (detached): the side held fixed
+    text_tokens: torch.Tensor | None = None  # while the other modality is attributed
 
 
 @dataclass
@@ -134,7 +141,8 @@ class Explanation:
             if value is not None:
                 result[name] = {k: v for k, v in _jsonable(asdict(value)).items()
                                 if k in ("method", "baseline", "output", "convergence_delta", "n_steps", "layer",
-                                         "kind", "cls_score")}
+                                         "kind", "cls_score", "output_change", "converged", "steps_tried",
+                                         "integration")}
         if self.modality_share is not None:
             result["modality_share"] = _jsonable(asdict(self.modality_share))
         result["deletion"] = [_jsonable(asdict(curve)) for curve in self.deletion]
@@ -142,19 +150,7 @@ class Explanation:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if is_dataclass(value):
-        return _jsonable(asdict(value))
-    return value
+    return to_jsonable(value, nonfinite_as_none=True)  # strict JSON: NaN / inf become null
 
 
 def resolve_target(target: int | str | None, labels: Sequence[str], predicted: int) -> int:
@@ -171,36 +167,48 @@ def resolve_target(target: int | str | None, labels: Sequence[str], predicted: i
     return index
 
 
-def _batch_tensor(batch: Any, key: str) -> torch.Tensor:
-    value = batch[key] if isinstance(batch, Mapping) else getattr(batch, key, None)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"predictor.encode gave no tensor {key!r}; explanations need pixel_values, "
-                        "input_ids and attention_mask")
-    return value
-
-
-def _truncated_flag(batch: Any) -> bool:
-    value = batch.get("text_truncated") if isinstance(batch, Mapping) else getattr(batch, "text_truncated", None)
-    if value is None:
-        return False
-    if isinstance(value, torch.Tensor):
-        return bool(value.reshape(-1)[0])
-    if isinstance(value, (list, tuple)):
-        return bool(value[0])
-    return bool(value)
-
-
 class Explainer:
     """Explanations of a `clara.inference.Predictor`'s model for single image + text posts."""
 
-    def __init__(self, predictor: Any, n_steps: int = 50, internal_batch_size: int | None = None,
-                 deletion_points: int | None = 50, deletion_random_orders: int = 3, seed: int = 0):
+    def __init__(self, predictor: Any, n_steps: int | None = None, internal_batch_size: int | None = None,
+                 deletion_points: int | None = None, deletion_random_orders: int | None = None,
+                 seed: int | None = None, max_steps: int | None = None, settings: ExplainSettings = EXPLAIN_DEFAULTS):
+        """Arguments left None take `settings`' values; `n_steps` is the first round of the adaptive
+        integrated gradients (raising `max_steps` with it when it is larger)."""
+        given = dict(n_steps=n_steps, internal_batch_size=internal_batch_size, deletion_points=deletion_points,
+                     deletion_random_orders=deletion_random_orders, seed=seed, max_steps=max_steps)
+        changes = {key: value for key, value in given.items() if value is not None}
+        if n_steps is not None:
+            changes["nodes_per_segment"] = min(settings.nodes_per_segment, int(n_steps))
+            if max_steps is None:
+                changes["max_steps"] = max(settings.max_steps, int(n_steps))
         self.predictor = predictor
-        self.n_steps = int(n_steps)
-        self.internal_batch_size = internal_batch_size
-        self.deletion_points = deletion_points
-        self.deletion_random_orders = int(deletion_random_orders)
-        self.seed = int(seed)
+        self.settings = dataclasses.replace(settings, **changes)
+
+    @property
+    def n_steps(self) -> int:
+        return self.settings.n_steps
+
+    @property
+    def internal_batch_size(self) -> int | None:
+        return self.settings.internal_batch_size
+
+    @property
+    def deletion_points(self) -> int | None:
+        return self.settings.deletion_points
+
+    @property
+    def deletion_random_orders(self) -> int:
+        return self.settings.deletion_random_orders
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """The predictor's precision context (bf16 autocast or none); thread-local."""
+        context = getattr(self.predictor, "autocast", None)
+        return context() if callable(context) else contextlib.nullcontext()
 
     @property
     def model(self) -> torch.nn.Module:
@@ -233,21 +241,22 @@ class Explainer:
         batch = self.predictor.encode([picture], [text])
         # Plain copies on the model's device, outside any inference-mode context of the caller.
         pixel_values, input_ids, attention_mask = (
-            _batch_tensor(batch, key).detach().clone().to(self.device)
-            for key in ("pixel_values", "input_ids", "attention_mask"))
+            batch[key].detach().clone().to(self.device) for key in ("pixel_values", "input_ids", "attention_mask"))
         grid = patch_grid(self.model)
         if tuple(pixel_values.shape[-2:]) != (grid.image_size, grid.image_size):
             raise ValueError(f"predictor.encode gave {tuple(pixel_values.shape[-2:])} pixels but model.image_stats "
                              f"says {grid.image_size}")
         words = build_word_map(self.tokenizer, text, input_ids[0].tolist(), attention_mask[0].tolist())
-        with torch.no_grad():
-            logits = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
+        with torch.no_grad(), self._precision():
+            vision_tokens, text_tokens = encoder_tokens(self.model, pixel_values, input_ids, attention_mask)
+            logits = self.model.decide(vision_tokens, text_tokens, attention_mask).logits
         probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy().astype(np.float64)
         predicted = int(probs.argmax())
         return ExplainInput(text=text, pixel_values=pixel_values, input_ids=input_ids,
                             attention_mask=attention_mask, words=words, grid=grid, probs=probs,
                             label_index=predicted, target_index=resolve_target(target, self.labels, predicted),
-                            original_size=picture.size, text_truncated=_truncated_flag(batch))
+                            original_size=picture.size, text_truncated=bool(batch["text_truncated"][0]),
+                            vision_tokens=vision_tokens, text_tokens=text_tokens)
 
     def _target(self, inputs: ExplainInput, target: int | str | None) -> int:
         return inputs.target_index if target is None else resolve_target(target, self.labels, inputs.label_index)
@@ -255,32 +264,42 @@ class Explainer:
     # ------------------------------------------------------------------ methods
     def attention(self, inputs: ExplainInput) -> AttentionMaps:
         """Raw cross-modal attention, both directions, every layer and head (labelled "attention")."""
-        return attention_maps(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask, inputs.words)
+        with self._precision():
+            return attention_maps(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask, inputs.words)
 
     def relevancy(self, inputs: ExplainInput, target: int | str | None = None) -> Relevancy:
         """Chefer et al. relevancy through both encoders' self-attention and the co-attention fusion, for the
         target class (labelled "explanation")."""
-        return co_attention_relevancy(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
-                                      self._target(inputs, target), inputs.words)
+        with self._precision():
+            return co_attention_relevancy(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
+                                          self._target(inputs, target), inputs.words)
 
     def text_attributions(self, inputs: ExplainInput, target: int | str | None = None,
                           n_steps: int | None = None) -> TextAttribution:
-        """Layer integrated gradients per word, with the convergence delta."""
-        return text_integrated_gradients(self.model, self.tokenizer, inputs.pixel_values, inputs.input_ids,
-                                         inputs.attention_mask, self._target(inputs, target), inputs.words,
-                                         n_steps=n_steps or self.n_steps, internal_batch_size=self.batch_size())
+        """Layer integrated gradients per word, with the convergence delta; `n_steps`: exactly that many
+        steps, else the settings' adaptive schedule."""
+        with self._precision():
+            return text_integrated_gradients(self.model, self.tokenizer, inputs.pixel_values, inputs.input_ids,
+                                             inputs.attention_mask, self._target(inputs, target), inputs.words,
+                                             n_steps=n_steps, internal_batch_size=self.batch_size(),
+                                             vision_tokens=inputs.vision_tokens, settings=self.settings)
 
     def image_attributions(self, inputs: ExplainInput, target: int | str | None = None,
                            n_steps: int | None = None) -> ImageAttribution:
-        """Integrated gradients per pixel and per patch, with the convergence delta."""
-        return image_integrated_gradients(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
-                                          self._target(inputs, target), n_steps=n_steps or self.n_steps,
-                                          internal_batch_size=self.batch_size())
+        """Integrated gradients per pixel and per patch, with the convergence delta; `n_steps`: exactly
+        that many steps, else the settings' adaptive schedule."""
+        with self._precision():
+            return image_integrated_gradients(self.model, inputs.pixel_values, inputs.input_ids,
+                                              inputs.attention_mask, self._target(inputs, target), n_steps=n_steps,
+                                              internal_batch_size=self.batch_size(), text_tokens=inputs.text_tokens,
+                                              settings=self.settings)
 
     def occlusion(self, inputs: ExplainInput, target: int | str | None = None) -> ImageAttribution:
         """Probability drop when 2x2-patch windows (one-patch stride) are replaced by the mean image."""
-        return image_occlusion(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
-                               self._target(inputs, target), internal_batch_size=self.batch_size())
+        with self._precision():
+            return image_occlusion(self.model, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
+                                   self._target(inputs, target), internal_batch_size=self.batch_size(),
+                                   text_tokens=inputs.text_tokens)
 
     def modality_share(self, inputs: ExplainInput, target: int | str | None = None,
                        text_ig: TextAttribution | None = None, image_ig: ImageAttribution | None = None
@@ -293,24 +312,27 @@ class Explainer:
             text_mass = float(np.abs(text_ig.word_scores).sum())
             image_mass = float(np.abs(image_ig.patch_scores).sum())
             return share_from_masses(text_mass, image_mass, SHARE_BY_ATTRIBUTION)
-        _, text_drop, image_drop = modality_removal_drops(
-            self.model, self.tokenizer, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
-            torch.tensor([index], device=self.device))
+        with self._precision():
+            _, text_drop, image_drop = modality_removal_drops(
+                self.model, self.tokenizer, inputs.pixel_values, inputs.input_ids, inputs.attention_mask,
+                torch.tensor([index], device=self.device))
         return share_from_masses(abs(float(text_drop[0])), abs(float(image_drop[0])), SHARE_BY_REMOVAL)
 
     def deletion(self, inputs: ExplainInput, patch_scores: Mapping[str, np.ndarray],
                  word_scores: Mapping[str, np.ndarray], target: int | str | None = None) -> list[DeletionCurve]:
         """Deletion curves for the given rankings (method -> scores) plus a random order per modality."""
-        return deletion_curves(self.model, self.tokenizer, inputs.pixel_values, inputs.input_ids,
-                               inputs.attention_mask, self._target(inputs, target), inputs.grid, inputs.words,
-                               dict(patch_scores), dict(word_scores), n_random=self.deletion_random_orders,
-                               seed=self.seed, max_points=self.deletion_points, batch_size=self.batch_size())
+        with self._precision():
+            return deletion_curves(self.model, self.tokenizer, inputs.pixel_values, inputs.input_ids,
+                                   inputs.attention_mask, self._target(inputs, target), inputs.grid, inputs.words,
+                                   dict(patch_scores), dict(word_scores), n_random=self.deletion_random_orders,
+                                   seed=self.seed, max_points=self.deletion_points, batch_size=self.batch_size())
 
     # ------------------------------------------------------------------ all at once
     def explain(self, image: ImageSource, text: str, target: int | str | None = None,
-                methods: Iterable[str] = METHODS, progress: Progress | None = None) -> Explanation:
-        """Compute the requested methods for one post; `progress(method, done, total)` is called before each."""
-        requested = list(dict.fromkeys(methods))
+                methods: Iterable[str] | None = None, progress: Progress | None = None) -> Explanation:
+        """Compute the requested methods (default: the settings' `methods`, deletion curves off) for one
+        post; `progress(method, done, total)` is called before each."""
+        requested = list(dict.fromkeys(self.settings.methods if methods is None else methods))
         unknown = [m for m in requested if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown explanation method(s) {unknown}; choose from: {', '.join(METHODS)}")
@@ -365,73 +387,6 @@ def share_from_masses(text_mass: float, image_mass: float, method: str) -> Modal
     text = text_mass / total if total > 0 else float("nan")
     return ModalityShare(text=text, image=1.0 - text if total > 0 else float("nan"),
                          text_mass=text_mass, image_mass=image_mass, method=method)
-
-
-# ---------------------------------------------------------------------- over a split
-@dataclass
-class SplitModalityShare:
-    """Modality share averaged over the samples of a split."""
-    text_mean: float
-    image_mean: float
-    text_std: float
-    n: int  # samples with a defined share
-    n_undefined: int  # samples where neither modality moved the target probability
-    method: str
-    target: str  # "predicted" or "label"
-    per_sample: dict[str, float]  # sample id -> text share
-
-
-def modality_share_over_split(predictor: Any, samples: Sequence[Any], method: str = "removal",
-                              target: str = "predicted", batch_size: int = 16,
-                              explainer: Explainer | None = None,
-                              progress: Callable[[int, int], None] | None = None) -> SplitModalityShare:
-    """Average text/image share over `samples` (clara Samples: id, text, image_path, label).
-
-    method "removal" (batched, 3 forward passes per batch) or "attribution" (text LIG + image IG per
-    sample, slow); target "predicted" (explain the decision) or "label" (the true class).
-    """
-    if method not in ("removal", "attribution"):
-        raise ValueError(f"method={method!r}: use 'removal' or 'attribution'")
-    if target not in ("predicted", "label"):
-        raise ValueError(f"target={target!r}: use 'predicted' or 'label'")
-    if not samples:
-        raise ValueError("no samples: the split is empty")
-    shares: dict[str, float] = {}
-    if method == "attribution":
-        explainer = explainer or Explainer(predictor)
-        for done, sample in enumerate(samples):
-            inputs = explainer.prepare(sample.image_path, sample.text,
-                                       None if target == "predicted" else int(sample.label))
-            share = explainer.modality_share(inputs, text_ig=explainer.text_attributions(inputs),
-                                             image_ig=explainer.image_attributions(inputs))
-            shares[str(sample.id)] = share.text
-            if progress is not None:
-                progress(done + 1, len(samples))
-        description = SHARE_BY_ATTRIBUTION
-    else:
-        model, device = predictor.model, torch.device(predictor.device)
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start:start + batch_size]
-            batch = predictor.encode([open_image(s.image_path) for s in chunk], [s.text for s in chunk])
-            pixel_values, input_ids, attention_mask = (_batch_tensor(batch, k).detach().clone().to(device)
-                                                       for k in ("pixel_values", "input_ids", "attention_mask"))
-            with torch.no_grad():
-                logits = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask).logits
-            targets = (logits.argmax(dim=-1) if target == "predicted"
-                       else torch.tensor([int(s.label) for s in chunk], device=device))
-            _, text_drop, image_drop = modality_removal_drops(model, predictor.tokenizer, pixel_values, input_ids,
-                                                              attention_mask, targets)
-            for sample, t_drop, i_drop in zip(chunk, text_drop, image_drop):
-                shares[str(sample.id)] = share_from_masses(abs(float(t_drop)), abs(float(i_drop)), "").text
-            if progress is not None:
-                progress(min(start + batch_size, len(samples)), len(samples))
-        description = SHARE_BY_REMOVAL
-    values = np.array([v for v in shares.values() if np.isfinite(v)], dtype=np.float64)
-    text_mean = float(values.mean()) if len(values) else float("nan")
-    return SplitModalityShare(text_mean=text_mean, image_mean=1.0 - text_mean if len(values) else float("nan"),
-                              text_std=float(values.std()) if len(values) else float("nan"), n=len(values),
-                              n_undefined=len(shares) - len(values), method=description, target=target,
-                              per_sample=shares)
 
 
 def overlay_image(image: ImageSource, heatmap: np.ndarray, alpha: float = 0.5,

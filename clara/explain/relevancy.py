@@ -46,6 +46,9 @@ module's output, and are removed afterwards (other threads' forward passes are u
   as softmax(q·kᵀ·scale) from the layer's own q/k projections (LoRA included; the vision tower
   has no attention mask and the model is in eval mode, so no dropout), and since A reaches the
   target only through O, ∇A = ∇O · Vᵀ per head, exactly.
+- A prepared model's weights are all frozen, so nothing would put the text tower on the autograd
+  graph: a hook on the text embedding block hands the calling thread's text encoder a copy of the
+  block's output that requires grad (same values).
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ from transformers.models.clip.modeling_clip import CLIPAttention
 from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 
 from clara.explain.attention import PatchGrid, WordMap, check_fusion_attentions, patch_grid
+from clara.explain.attributions import find_text_embedding_layer
 
 EXPLANATION_KIND = "explanation"
 METHOD_NAME = ("gradient-weighted attention relevancy (Chefer et al. 2021): self-attention rule through every "
@@ -255,7 +259,13 @@ def recording_encoder_attentions(model: nn.Module) -> Iterator[EncoderAttentions
         if threading.get_ident() == owner:
             record.text.append(output[1])
 
+    def text_on_graph(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != owner or output.requires_grad:
+            return None
+        return output.detach().requires_grad_(True)
+
     with ExitStack() as stack:  # each hook is removed on exit, even if a later registration fails
+        stack.callback(find_text_embedding_layer(model)[1].register_forward_hook(text_on_graph).remove)
         for module in clip_modules:
             stack.callback(module.register_forward_pre_hook(clip_input, with_kwargs=True).remove)
             stack.callback(module.out_proj.register_forward_pre_hook(clip_heads_output(module)).remove)

@@ -1,5 +1,5 @@
 """CLARA model: encoders (CLIP vision, DeBERTa-v3 text, LoRA), fusion, heads and the factory."""
-from clara.model.clara import CLARAModel, CLARAOutput, create_model
+from clara.model.clara_model import CLARAModel, CLARAOutput, create_model
 from clara.model.encoders import (EncoderError, ImageStats, build_text_encoder, build_tokenizer,
                                   build_vision_encoder, image_stats)
 from clara.model.fusion import FusionAttentions, PooledFusion, TokenCoAttentionFusion

@@ -1,18 +1,11 @@
 """The two encoder towers (CLIP vision, DeBERTa-v3 text), their tokenizer and image statistics.
 
-Three sources, chosen by `ModelConfig.encoders`:
-- `published`: `CLIPVisionModel` / `AutoModel` / `AutoTokenizer` `.from_pretrained` on
-  `model.vision_encoder` / `model.text_encoder`, each a hub id or a local folder.
-- `tiny`: small CLIP-vision and DeBERTa-v2 (v3-style relative attention) configs with a tokenizer
-  built from the training texts; for tests and the demo, no download.
-- `random-full`: the real ViT-B/32 (B/16 when the vision id names patch16) and DeBERTa-v3-base
-  architectures with random weights and an offline tokenizer; the embedding table keeps
-  DeBERTa-v3's 128,100 rows so parameter counts and speed match the published model.
-
-In every case the base weights are frozen and LoRA adapters are added by peft. The vision
-LoRA is injected in place (`vision.backbone.encoder.…lora_A.default.weight`) and the text
-encoder is a `PeftModel` (`text.base_model.model.encoder.…`), which is how the notebooks'
-state-dict keys read (clara-reference.md §2).
+`ModelConfig.encoders`: `published` (hub id or local folder, never remote code: local folders
+are checked by `clara.untrusted` first), `tiny` (small configs and a tokenizer built from the
+training texts, for tests and the demo) or `random-full` (the real ViT-B/32 and DeBERTa-v3-base
+architectures with random weights, so counts and speed match the published model). Base
+weights are frozen and peft adds LoRA; the parameter names follow the notebooks' state-dict
+keys (docs/METHOD.md, docs/FIDELITY.md).
 """
 from __future__ import annotations
 
@@ -33,6 +26,7 @@ from transformers import (AutoModel, AutoTokenizer, CLIPImageProcessor, CLIPVisi
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from clara.config import ModelConfig
+from clara.untrusted import UntrustedFolderError, check_model_folder
 
 ENCODER_SOURCES = ("published", "tiny", "random-full")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -190,8 +184,9 @@ def build_tokenizer(cfg: ModelConfig, texts: list[str] | None = None) -> PreTrai
     """
     _check_source(cfg)
     if cfg.encoders == "published":
+        source = _pretrained_source(cfg.text_encoder, "model.text_encoder")
         try:
-            return AutoTokenizer.from_pretrained(cfg.text_encoder)
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise EncoderError(_load_failure("tokenizer", "model.text_encoder", cfg.text_encoder, exc)) from exc
     corpus = list(texts) if texts else list(BUILTIN_CORPUS)
@@ -200,6 +195,16 @@ def build_tokenizer(cfg: ModelConfig, texts: list[str] | None = None) -> PreTrai
 
 
 # --------------------------------------------------------------------------- towers
+
+def _pretrained_source(source: str, field: str) -> str:
+    """`source` unchanged, once a local folder there is known to hold no code (clara.untrusted)."""
+    if Path(source).is_dir():
+        try:
+            check_model_folder(source)
+        except UntrustedFolderError as exc:
+            raise EncoderError(f"refusing {field}={source!r}: {exc}") from None
+    return source
+
 
 def _load_failure(what: str, field: str, source: str, exc: Exception) -> str:
     looks_local = source.startswith(("/", ".", "~")) or Path(source).exists()
@@ -240,8 +245,9 @@ def build_vision_encoder(cfg: ModelConfig) -> VisionTower:
     """CLIP vision tower, frozen, with LoRA on `cfg.vision_lora_targets`."""
     _check_source(cfg)
     if cfg.encoders == "published":
+        source = _pretrained_source(cfg.vision_encoder, "model.vision_encoder")
         try:
-            backbone = CLIPVisionModel.from_pretrained(cfg.vision_encoder)
+            backbone = CLIPVisionModel.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise EncoderError(_load_failure("vision encoder", "model.vision_encoder", cfg.vision_encoder,
                                              exc)) from exc
@@ -265,8 +271,9 @@ def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | No
     _check_source(cfg)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
     if cfg.encoders == "published":
+        source = _pretrained_source(cfg.text_encoder, "model.text_encoder")
         try:
-            base = AutoModel.from_pretrained(cfg.text_encoder)
+            base = AutoModel.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise EncoderError(_load_failure("text encoder", "model.text_encoder", cfg.text_encoder, exc)) from exc
     else:
@@ -313,16 +320,17 @@ def image_stats(cfg: ModelConfig) -> ImageStats:
     if cfg.encoders != "published":
         vision_config = _offline_vision_config(cfg)
         return ImageStats(vision_config.image_size, *openai, vision_config.patch_size)
+    source = _pretrained_source(cfg.vision_encoder, "model.vision_encoder")
     try:
-        vision_config = CLIPVisionConfig.from_pretrained(cfg.vision_encoder)
+        vision_config = CLIPVisionConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise EncoderError(_load_failure("vision encoder config", "model.vision_encoder", cfg.vision_encoder,
                                          exc)) from exc
     mean, std = openai
-    source = Path(cfg.vision_encoder)
-    if not source.is_dir() or (source / "preprocessor_config.json").is_file():
+    folder = Path(cfg.vision_encoder)
+    if not folder.is_dir() or (folder / "preprocessor_config.json").is_file():
         try:
-            processor = CLIPImageProcessor.from_pretrained(cfg.vision_encoder)
+            processor = CLIPImageProcessor.from_pretrained(cfg.vision_encoder, trust_remote_code=False)
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except OSError:
             pass  # a hub model without a processor config (or not cached): CLIP's own constants apply

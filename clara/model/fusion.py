@@ -1,18 +1,11 @@
 """Fusion of the vision tokens and the text tokens into one vector per post.
 
-- `TokenCoAttentionFusion` (default, the paper's method): every text token attends to every
-  image token (CLS + patches) and every image token attends to the unpadded text tokens, for
-  `fusion_layers` layers; the two streams are mean-pooled (text: padding excluded) and averaged.
-  It can return each layer's per-head attention weights for the attention maps and for
-  gradient-based relevancy.
-- `PooledFusion` (the notebooks'): the tokens are pooled first and the single text vector
-  attends to the single vision vector, so there is no attention map to draw. Module names
-  follow the notebooks' state-dict keys (clara-reference.md §2) for both notebook variants.
-
-All attention goes through `cross_attention`, which uses the parameters of an
-`nn.MultiheadAttention` (so the notebooks' `attn.in_proj_weight`/`out_proj` keys load as they
-are) with `F.scaled_dot_product_attention` on the fast path and an explicit softmax when the
-weights are wanted.
+`TokenCoAttentionFusion` (the paper's): text tokens attend to image tokens and image tokens to
+the unpadded text tokens, layer by layer; both streams are mean-pooled and averaged, and each
+layer's per-head weights can be returned for attention maps and relevancy. `PooledFusion` (the
+notebooks', both variants; module names follow their state-dict keys, docs/FIDELITY.md): the
+pooled text vector attends to the pooled vision vector. All attention goes through
+`cross_attention` over `nn.MultiheadAttention` parameters (SDPA on the fast path).
 """
 from __future__ import annotations
 
@@ -134,6 +127,13 @@ class _ProjectedFusion(nn.Module):
         """Projected mean of the unpadded text tokens: [B, T, Dt] -> [B, H]."""
         return self.t_proj(masked_mean(text_tokens, text_mask))
 
+    def merge_without_coattention(self, vision_tokens: torch.Tensor, text_tokens: torch.Tensor,
+                                  text_mask: torch.Tensor) -> torch.Tensor:
+        """The "w/o co-attention" ablation's fused vector, as every notebook computes it
+        (MVSA-Single cells 22-23): F.layer_norm(0.5 * (pooled vision + pooled text)), no affine."""
+        mean = 0.5 * (self.pool_vision(vision_tokens) + self.pool_text(text_tokens, text_mask))
+        return F.layer_norm(mean, (self.hidden_dim,))
+
 
 class TokenCoAttentionFusion(_ProjectedFusion):
     """The paper's token-level bidirectional co-attention (see the module docstring)."""
@@ -164,10 +164,10 @@ class PooledFusion(_ProjectedFusion):
 
     variant "single" (MVSA-Single, HFM): `blocks.<i>` are post-norm blocks in which the text
     vector attends to the vision vector; the fused vector is the text stream.
-    variant "multiple" (MVSA-Multiple): `cross.<i>` is one attention module per layer used in
-    both directions (text->vision normed by `norms.<2i>`, vision->text by `norms.<2i+1>`,
-    both from the layer's inputs), then `fuse` = Linear(2H -> H), LayerNorm, GELU, Dropout on
-    the concatenation.
+    variant "multiple" (MVSA-Multiple, cell 10): `cross.<i>` is one attention module per layer
+    used in both directions: the text attends to the vision vector (normed by `norms.<2i>`), then
+    the vision vector attends to that just-updated text (`norms.<2i+1>`); `fuse` = Linear(2H -> H),
+    LayerNorm, GELU, Dropout on the concatenation [vision, text].
     """
 
     def __init__(self, vision_dim: int, text_dim: int, hidden_dim: int = 512, layers: int = 2, heads: int = 8,
@@ -195,7 +195,6 @@ class PooledFusion(_ProjectedFusion):
                 text, _ = block(text, vision)
             return text.squeeze(1), None
         for index, attn in enumerate(self.cross):
-            new_text = self.norms[2 * index](text + cross_attention(attn, text, vision)[0])
-            new_vision = self.norms[2 * index + 1](vision + cross_attention(attn, vision, text)[0])
-            text, vision = new_text, new_vision
-        return self.fuse(torch.cat([text, vision], dim=-1).squeeze(1)), None
+            text = self.norms[2 * index](text + cross_attention(attn, text, vision)[0])
+            vision = self.norms[2 * index + 1](vision + cross_attention(attn, vision, text)[0])  # updated text
+        return self.fuse(torch.cat([vision, text], dim=-1).squeeze(1)), None

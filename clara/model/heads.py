@@ -1,10 +1,10 @@
-"""Prediction, verification, uncertainty and feedback heads (clara-reference.md §2).
+"""Prediction, verification, uncertainty and feedback heads, layer for layer as the notebooks'.
 
-Two wirings, as in the notebooks:
-- "single" (MVSA-Single, HFM): `ClassifierHead`s (`net.{0,1,4}`), an `UncertaintyEstimator`
-  (`net.{0,3}`) and a `FeedbackRefiner` (`net.{0,1,4}`) whose refined vector goes back through
-  the prediction head.
-- "multiple" (MVSA-Multiple): bare `mlp_head` Sequentials (`pred.{0,1,4}`), a
+Two wirings (checked against the authors' code by tests/test_fidelity_model.py):
+- "single" (MVSA-Single / HFM cell 12): `ClassifierHead`s (`net.{0,1,4}`, dropout 0.2), an
+  `UncertaintyEstimator` (`net.{0,3}`, ReLU) and a `FeedbackRefiner` (`net.{0,1,4}`, dropout 0.1)
+  whose refined vector goes back through the prediction head.
+- "multiple" (MVSA-Multiple cell 10): bare `mlp_head` Sequentials (`pred.{0,1,4}`), a
   `TemperatureFeedback` (`feed.{0,1}`) feeding a separate `final` Linear, and no uncertainty
   parameters (the notebook has none; `EntropyUncertainty` reports the normalised entropy).
 """
@@ -34,16 +34,21 @@ class ClassifierHead(nn.Module):
         return self.net(fused)
 
 
-class UncertaintyEstimator(nn.Module):
-    """MLP -> sigmoid on the fused vector: [B, H] -> [B] in (0, 1). Reported, not trained by the loss."""
+# The notebooks' fixed dropout rates of these two modules (MVSA-Single / HFM cell 12).
+UNCERTAINTY_DROPOUT = 0.1
+FEEDBACK_DROPOUT = 0.1
 
-    def __init__(self, in_dim: int, dropout: float = 0.1):
+
+class UncertaintyEstimator(nn.Module):
+    """MLP (ReLU) -> sigmoid on the fused vector: [B, H] -> [B] in (0, 1). Reported, not trained by the loss."""
+
+    def __init__(self, in_dim: int, dropout: float = UNCERTAINTY_DROPOUT):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, in_dim // 2), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(in_dim // 2, 1))
+        self.net = nn.Sequential(nn.Linear(in_dim, in_dim // 2), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(in_dim // 2, 1), nn.Sigmoid())
 
     def forward(self, fused: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(fused)).squeeze(-1)
+        return self.net(fused).squeeze(-1)
 
 
 class EntropyUncertainty(nn.Module):
@@ -57,7 +62,7 @@ class EntropyUncertainty(nn.Module):
 class FeedbackRefiner(nn.Module):
     """"single" feedback: concat(fused, p_verify - p_pred) -> an MLP back to the hidden size."""
 
-    def __init__(self, hidden_dim: int, num_classes: int, dropout: float):
+    def __init__(self, hidden_dim: int, num_classes: int, dropout: float = FEEDBACK_DROPOUT):
         super().__init__()
         self.net = mlp_head(hidden_dim + num_classes, hidden_dim, hidden_dim, dropout)
 
@@ -67,11 +72,12 @@ class FeedbackRefiner(nn.Module):
 
 
 class TemperatureFeedback(nn.Sequential):
-    """"multiple" feedback: Linear -> LayerNorm -> GELU on concat(fused, p_verify - p_pred), the
+    """"multiple" feedback: Linear -> LayerNorm -> GELU -> Dropout on concat(fused, p_verify - p_pred), the
     probabilities taken at `temperature` and detached (the heads learn only from their own losses)."""
 
-    def __init__(self, hidden_dim: int, num_classes: int, temperature: float):
-        super().__init__(nn.Linear(hidden_dim + num_classes, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU())
+    def __init__(self, hidden_dim: int, num_classes: int, temperature: float, dropout: float):
+        super().__init__(nn.Linear(hidden_dim + num_classes, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(),
+                         nn.Dropout(dropout))
         if temperature <= 0:
             raise ValueError(f"model.feedback_temperature must be > 0, got {temperature}")
         self.temperature = temperature

@@ -1,27 +1,19 @@
-"""The training loop, on Hugging Face Accelerate (device placement, bf16 autocast on GPU,
-gradient accumulation and multi-process data parallelism without hand-written AMP/DDP).
+"""The training loop on Hugging Face Accelerate (device placement, mixed precision, gradient
+accumulation, data parallelism): orchestration only, over clara.train.data (loaders),
+clara.train.losses, clara.train.resume and the library's checkpoint and evaluation modules.
 
     result = train(get_preset("mvsa_single").override({"data.data_dir": "data/mvsa_single"}))
 
-Flow: load the dataset (skip report printed) -> build the tokenizer from the training texts and
-the model -> AdamW over the trainable parameters with linear warmup -> per epoch: train, then
-score the val split; keep the best epoch by `cfg.train.selection_metric`, stop after `patience`
-epochs without improvement -> reload the best checkpoint and evaluate it on the test split
-(inference-time ablations, calibration fitted on val) -> write the results folder.
-
-Outputs, with OUT = `cfg.train.output_dir` standing for the repo root and NAME = the dataset
-(plus `_<ablation>` for a train-time ablation, so ablation runs never overwrite the full model):
-`OUT/checkpoints/clara_NAME_best/`, `OUT/checkpoints/clara_NAME_last/`, `OUT/results/NAME/`.
-Only the main process writes files. `last` also holds the training state (optimizer, scheduler,
-early-stopping state; clara/train/resume.py), so `train(cfg, resume=True)` continues an
-interrupted run from its last completed epoch; every epoch re-seeds its RNGs from (seed, epoch),
-so the resumed run repeats the uninterrupted one.
+Per epoch: train, score val, keep the best epoch by train.selection_metric (early stopping after
+`patience`); then the best checkpoint is evaluated on test and the results folder written. From
+train.full_finetune_from_epoch (MVSA-Multiple: 3) every encoder weight trains, not only LoRA.
+Outputs: OUT/checkpoints/clara_NAME_{best,last}/ and OUT/results/NAME/ (run_paths).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -32,20 +24,25 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from torch.utils.data import DataLoader
-from transformers import get_linear_schedule_with_warmup
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
+from clara.checkpoint import METRICS_FILE, load_checkpoint, save_checkpoint
 from clara.config import Config
-from clara.data import CLARADataset, Collator, LoadedDataset, load_dataset
-from clara.data.dataset import MODEL_INPUTS
+from clara.data import LoadedDataset, load_configured_dataset
+from clara.data.dataset import MODEL_INPUTS, truncated_texts
 from clara.data.images import model_image_transform
-from clara.train.losses import class_weights, clara_loss, weighted_cross_entropy
+from clara.evaluate import compute_metrics, prediction_rows, score_split, write_results
+from clara.locks import FolderBusyError, training_lock
+from clara.model import CLARAOutput, create_model
+from clara.outputs import write_problem
+from clara.precision import default_device, resolve_mixed_precision
+from clara.train.data import (NEGATIVE_LABEL, build_image_cache, build_train_loader, build_val_loader,
+                              negative_index)
+from clara.train.losses import clara_loss, training_class_weights
 from clara.train.resume import (ResumeState, interrupted_best_note, pack_training_state, read_resume_state,
                                 seed_epoch)
-from clara.train.samplers import (LengthGroupedSampler, NegativeMixup, build_sampler, count_classes,
-                                  token_lengths)
-
-NEGATIVE_LABEL = "negative"
+from clara.train.samplers import NEGATIVE_SAMPLERS, NegativeMixup, count_classes
 
 
 class TrainingError(RuntimeError):
@@ -86,24 +83,13 @@ def run_paths(cfg: Config) -> RunPaths:
 
 
 def check_writable(paths: RunPaths) -> None:
-    """Create the output folders and write a probe file in each, so a bad --output-dir fails
-    now rather than after hours of training."""
+    """Probe the output folders (clara.outputs), so a bad --output-dir fails now rather than
+    after hours of training."""
     for folder in (paths.best_dir.parent, paths.results_dir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".clara_write_test_"):
-                pass
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise OutputDirError(f"cannot write to output folder {folder}: {reason}; "
-                                "choose a writable --output-dir") from None
-
-
-def resolve_mixed_precision(setting: str) -> str:
-    """`auto` -> bf16 on a GPU, no (fp32) on CPU; other settings pass through."""
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_available() else "no"
-    return setting
+        problem = write_problem(folder)
+        if problem:
+            raise OutputDirError(f"cannot write to output folder {folder}: {problem}; "
+                                 "choose a writable --output-dir")
 
 
 def format_param_counts(counts: dict[str, int]) -> str:
@@ -119,24 +105,32 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
     `resume`: continue from the run's `last` checkpoint (weights, optimizer, scheduler, epoch,
     early-stopping state, history); clara.train.resume.ResumeError when there is none or it was
     trained with other settings, RunAlreadyFinished when the run is complete.
-    Raises TrainingError for an unwritable output folder, an unusable split or sampler setting,
+    Raises OutputDirError for an output folder that cannot be written or that another run
+    holds (clara.locks), TrainingError for an unusable split or sampler setting,
     and a loss or gradient norm that becomes NaN/inf (the checkpoints of the last good epoch
     are kept); clara.data.DatasetError for a data folder that cannot be loaded.
     """
-    # clara.model, clara.checkpoint and clara.evaluate are imported where used: clara.evaluate
-    # imports clara.train.calibration, so a module-level import here would be circular.
-    from clara.model import create_model
+    cfg.validate()
+    check_writable(run_paths(cfg))  # a bad --output-dir gets its own message before a lock file is made there
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(training_lock(cfg.train.output_dir))
+        except FolderBusyError as exc:
+            raise OutputDirError(str(exc)) from None
+        return _train(cfg, progress, resume)
 
+
+def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
+    """train(), while the output folder's lock is held."""
     cfg.validate()
     tcfg = cfg.train
-    labels = list(cfg.labels)
     # cpu=True on a machine without a GPU is what makes several processes (torchrun, or
     # `accelerate launch --multi_gpu`) form a gloo group instead of each training alone.
     # find_unused_parameters: train-time ablations skip an encoder or a head, and a preset whose
     # loss weights are overridden to 0 may leave a head without gradient (DDP would hang on it).
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(tcfg.mixed_precision),
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, default_device()),
                               gradient_accumulation_steps=tcfg.grad_accum_steps,
-                              cpu=not torch.cuda.is_available(),
+                              cpu=default_device().type == "cpu",
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     is_main = accelerator.is_main_process
     log = accelerator.print
@@ -146,10 +140,18 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
     # Every process checks, so that all of them stop together instead of waiting on the main one.
     check_writable(paths)
     set_seed(tcfg.seed)
+    if cfg.data.data_dir is None:
+        raise TrainingError("no data folder: set data.data_dir (--data-dir)")
+    data: LoadedDataset | None = None
+    if not cfg.labels:  # a custom table without --labels: its own labels, recorded before the resume check
+        data = load_configured_dataset(cfg.data, progress=progress and is_main)
+        cfg = cfg.override({"data.class_names": tuple(data.labels)})
+        tcfg = cfg.train
+    labels = list(cfg.labels)
     resume_state: ResumeState | None = None
     if resume:
         resume_state = read_resume_state(paths.last_dir, cfg, accelerator.num_processes,
-                                         paths.results_dir / "metrics.json")
+                                         paths.results_dir / METRICS_FILE)
         log(f"resuming from {paths.last_dir}: {resume_state.epochs_done} epoch(s) done, best epoch "
             f"{resume_state.best_epoch}" + ("; training had ended, evaluating the best epoch on test"
                                             if resume_state.training_done else ""))
@@ -157,12 +159,8 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
         if note:
             log(note)
 
-    if cfg.data.data_dir is None:
-        raise TrainingError("no data folder: set data.data_dir (--data-dir)")
-    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, protocol=cfg.data.protocol,
-                        hfm_label=cfg.data.hfm_label, splits_file=cfg.data.splits_file,
-                        seed=cfg.data.split_seed, check_images=cfg.data.check_images,
-                        progress=progress and is_main)
+    if data is None:
+        data = load_configured_dataset(cfg.data, progress=progress and is_main)
     split_sizes = {name: len(samples) for name, samples in data.splits.items()}
     log(f"{data.name} ({data.layout} layout, {data.protocol} protocol): {split_sizes}; "
         f"skipped {data.skipped.total}:\n{data.skipped.summary()}")
@@ -175,66 +173,59 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
     train_counts = count_classes(train_labels, len(labels))
     log("train class counts: " + ", ".join(f"{name} {n}" for name, n in zip(labels, train_counts)))
 
-    from clara.evaluate import compute_metrics
-
     if resume_state is None:
         model, tokenizer = create_model(cfg, tokenizer_texts=[s.text for s in train_samples])
     else:
-        from clara.checkpoint import load_checkpoint
         # The interrupted run's weights and tokenizer (its config was checked to match cfg).
         interrupted = load_checkpoint(paths.last_dir)
         model, tokenizer = interrupted.model, interrupted.tokenizer
     param_counts = model.param_counts()
     log(format_param_counts(param_counts))
-    from clara.inference import truncated_texts
-
     n_truncated = sum(truncated_texts(tokenizer, [s.text for s in train_samples], cfg.data.max_text_length))
     if n_truncated:  # said, not hidden: the model only reads the first max_text_length tokens
         log(f"{n_truncated} of {len(train_samples)} train texts are longer than data.max_text_length="
             f"{cfg.data.max_text_length} tokens and are truncated, as in the published method")
 
     transform = model_image_transform(model)
-    collator = Collator(tokenizer, max_length=cfg.data.max_text_length,
-                        pad_to_max_length=cfg.data.pad_to_max_length, normalize=transform)
-    image_cache = None
-    if cfg.data.image_cache:
-        from clara.data.image_cache import ImageCache
-        # The main process decodes; the others then find the cache complete (no concurrent writers).
-        with accelerator.main_process_first():
-            image_cache = ImageCache.build([s.image_path for s in train_samples + data.splits["val"]], transform,
-                                           cfg.data.image_cache_dir, progress=progress and is_main)
-    negative_index = labels.index(NEGATIVE_LABEL) if NEGATIVE_LABEL in labels else None
-    if negative_index is None and (tcfg.sampler == "boost_negative" or tcfg.negative_mixup_prob > 0):
-        raise TrainingError(f"train.sampler=boost_negative and train.negative_mixup_prob need a "
+    negative = negative_index(labels)
+    if negative is None and (tcfg.sampler in NEGATIVE_SAMPLERS or tcfg.negative_mixup_prob > 0):
+        raise TrainingError(f"train.sampler={tcfg.sampler} and train.negative_mixup_prob need a "
                             f"'{NEGATIVE_LABEL}' class; {cfg.data.dataset} has {labels}")
-    sampler = build_sampler(tcfg.sampler, train_labels, len(labels), seed=tcfg.seed,
-                            negative_index=negative_index, negative_min_fraction=tcfg.negative_min_fraction)
-    if tcfg.length_grouped:
-        lengths = token_lengths(tokenizer, [s.text for s in train_samples], cfg.data.max_text_length)
-        sampler = LengthGroupedSampler(sampler, lengths, tcfg.batch_size, seed=tcfg.seed)
+    # The main process decodes; the others then find the cache complete (no concurrent writers).
+    with accelerator.main_process_first():
+        image_cache = build_image_cache(cfg, train_samples + data.splits["val"], transform,
+                                        progress=progress and is_main)
     pin_memory = accelerator.device.type == "cuda"
-    train_loader = DataLoader(CLARADataset(train_samples, transform, image_cache), batch_size=tcfg.batch_size,
-                              sampler=sampler, collate_fn=collator, num_workers=tcfg.num_workers,
-                              pin_memory=pin_memory)
-    val_loader = DataLoader(CLARADataset(data.splits["val"], transform, image_cache), batch_size=tcfg.eval_batch_size,
-                            shuffle=False, collate_fn=collator, num_workers=tcfg.num_workers, pin_memory=pin_memory)
+    train_loader = build_train_loader(cfg, train_samples, tokenizer, transform, image_cache, pin_memory=pin_memory)
+    sampler = train_loader.sampler  # re-seeded each epoch (seed_epoch), also after accelerator.prepare
+    val_loader = build_val_loader(cfg, data.splits["val"], tokenizer, transform, image_cache, pin_memory=pin_memory)
     mixup = None
     if tcfg.negative_mixup_prob > 0:
         # Each process mixes its own shard of the batch, with its own stream of draws.
-        mixup = NegativeMixup(negative_index, tcfg.negative_mixup_prob, tcfg.negative_mixup_alpha,
+        mixup = NegativeMixup(negative, tcfg.negative_mixup_prob, tcfg.negative_mixup_alpha,
                               seed=tcfg.seed + accelerator.process_index)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    full_finetune = tcfg.full_finetune_from_epoch is not None
+    # With the full fine-tuning switch, AdamW covers every parameter from the start, as MVSA-Multiple's
+    # Trainer (cell 14); the frozen ones get no gradient, hence no update and no state, until they train.
+    optimizer = torch.optim.AdamW(list(model.parameters()) if full_finetune else
+                                  [p for p in model.parameters() if p.requires_grad],
+                                  lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    frozen = [p for p in model.parameters() if not p.requires_grad] if full_finetune else []
+    for param in frozen:
+        param.requires_grad_(True)  # DDP all-reduces only what is trainable when it wraps the model...
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    for param in frozen:
+        param.requires_grad_(False)  # ...and frozen again until the switch (no gradient: DDP leaves it None)
     steps_per_epoch = math.ceil(len(train_loader) / tcfg.grad_accum_steps)
     if tcfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
     # A prepared scheduler steps once per process for every optimizer step.
     total_steps = tcfg.epochs * steps_per_epoch * accelerator.num_processes
-    scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=int(tcfg.warmup_ratio * total_steps), num_training_steps=total_steps))
-    weights = class_weights(train_counts, labels, tcfg.class_weight_boost).to(accelerator.device)
+    scheduler = accelerator.prepare(get_scheduler(  # train.lr_scheduler, by transformers' name (preset: linear)
+        tcfg.lr_scheduler, optimizer, num_warmup_steps=int(tcfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps))
+    weights = training_class_weights(tcfg, train_counts, labels, accelerator.device)
     if resume_state is not None:
         optimizer.load_state_dict(resume_state.optimizer)
         scheduler.load_state_dict(resume_state.scheduler)
@@ -252,6 +243,12 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
         started = time.perf_counter()
         # Sample order, dropout and mixup draws depend on (seed, epoch) only: what makes resuming exact.
         seed_epoch(tcfg.seed, epoch, accelerator.process_index, sampler, mixup)
+        if full_finetune and epoch >= tcfg.full_finetune_from_epoch:
+            # Idempotent, so a run resumed after the switch trains the same parameters.
+            unwrapped = accelerator.unwrap_model(model)
+            if unwrapped.unfreeze_encoders():
+                log(f"epoch {epoch}: every encoder weight trainable from now on (train.full_finetune_from_epoch="
+                    f"{tcfg.full_finetune_from_epoch}): {format_param_counts(unwrapped.param_counts())}")
         best_note = f" (best val {metric_name} {best_value:.4f})" if best_epoch else ""
         bar = _progress_bar(steps_per_epoch, f"epoch {epoch}/{tcfg.epochs}{best_note}",
                             progress and accelerator.is_local_main_process)
@@ -265,9 +262,10 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
         bar.close()
         train_time = time.perf_counter() - started
 
-        val_logits, val_true = _gather_logits(model, val_loader, accelerator)
-        val_metrics = compute_metrics(val_true.tolist(), val_logits.argmax(-1).tolist(), labels)
-        val_loss = float(weighted_cross_entropy(val_logits, val_true, weights.cpu(), tcfg.label_smoothing))
+        val_out, val_true = _gather_outputs(model, val_loader, accelerator)
+        val_metrics = compute_metrics(val_true.tolist(), val_out.logits.argmax(-1).tolist(), labels)
+        # The training loss (its terms and weights) over the whole split, without sampler or mixup.
+        val_loss = float(clara_loss(val_out, val_true, weights.cpu() if weights is not None else None, tcfg)[0])
         entry: dict[str, Any] = {
             "epoch": epoch,
             "lr": scheduler.get_last_lr()[0],
@@ -293,7 +291,6 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
 
         training_done = epoch == tcfg.epochs or stale_epochs >= tcfg.patience
         if is_main:
-            from clara.checkpoint import save_checkpoint
             unwrapped = accelerator.unwrap_model(model)
             epoch_metrics = {"epoch": epoch, "val": val_metrics}
             # best before last: a kill between the two leaves `last` one epoch behind, and the
@@ -326,7 +323,7 @@ def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResu
             f"results in {paths.results_dir}")
     accelerator.wait_for_everyone()
     if not is_main:
-        metrics = json.loads((paths.results_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads((paths.results_dir / METRICS_FILE).read_text(encoding="utf-8"))
     return TrainResult(best_dir=paths.best_dir, last_dir=paths.last_dir, results_dir=paths.results_dir,
                        metrics=metrics, history=history)
 
@@ -335,9 +332,6 @@ def _evaluate_best(cfg: Config, data: LoadedDataset, paths: RunPaths, accelerato
                    history: list[dict[str, Any]], best_epoch: int, param_counts: dict[str, int]) -> dict[str, Any]:
     """Reload the best checkpoint, score test (with the inference-time ablations) and val (for
     calibration), write the results folder; main process only."""
-    from clara.checkpoint import load_checkpoint
-    from clara.evaluate import prediction_rows, score_split, write_results
-
     loaded = load_checkpoint(paths.best_dir, device=accelerator.device)
     metrics, test = score_split(loaded, data, "test", accelerator.device, cfg.train.eval_batch_size,
                                 autocast=accelerator.autocast(), ablations=True, calibrate=cfg.train.calibrate,
@@ -399,17 +393,26 @@ def _train_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: An
 
 
 @torch.no_grad()
-def _gather_logits(model: torch.nn.Module, loader: Iterable[dict[str, Any]], accelerator: Accelerator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final logits and labels of a whole (sharded) split, gathered from every process."""
+def _gather_outputs(model: torch.nn.Module, loader: Iterable[dict[str, Any]],
+                    accelerator: Accelerator) -> tuple[CLARAOutput, torch.Tensor]:
+    """The logits the loss reads (final, prediction head, verification head when the model has
+    one) and the labels of a whole (sharded) split, gathered from every process, on the CPU."""
     model.eval()
-    all_logits, all_labels = [], []
+    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
     for batch in loader:
         out = model(**{key: batch[key] for key in MODEL_INPUTS})
-        logits, batch_labels = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
-        all_logits.append(logits.cpu())
-        all_labels.append(batch_labels.cpu())
+        tensors = {"logits": out.logits, "pred_logits": out.pred_logits, "verify_logits": out.verify_logits}
+        tensors = {name: value.float() for name, value in tensors.items() if value is not None}
+        gathered = accelerator.gather_for_metrics({**tensors, "labels": batch["labels"]})
+        for name, value in gathered.items():
+            parts[name].append(value.cpu())
     model.train()
-    return torch.cat(all_logits), torch.cat(all_labels)
+    joined = {name: torch.cat(values) for name, values in parts.items()}
+    logits = joined["logits"]
+    probs = logits.softmax(-1)
+    out = CLARAOutput(logits=logits, pred_logits=joined["pred_logits"], verify_logits=joined.get("verify_logits"),
+                      probs=probs, uncertainty=torch.zeros(len(logits)))  # uncertainty: not read by the loss
+    return out, joined["labels"]
 
 
 def _stop_if_not_finite(accelerator: Accelerator, value: torch.Tensor, what: str, epoch: int, step: int,
@@ -435,5 +438,4 @@ class _NoBar:
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,27 +1,9 @@
 """What `scripts/train.py --resume` needs: the training state stored in a run's `last`
-checkpoint, the check that a resumed config fits it, and the per-epoch seeding that makes a
-resumed run repeat an uninterrupted one.
-
-Why not Accelerate's `save_state` / `load_state`: they write the optimizer, scheduler, sampler
-and RNG states with torch.save (pickle files, `random_states_N.pkl`), and accelerate 1.15 reads
-them back with torch.load - weights_only=True plus numpy globals allowed for the RNG states,
-weights_only=False for custom objects - and they write the whole model again, frozen encoders
-included, in a separate folder that is not swapped in atomically with our checkpoint. This
-module stores the state itself, inside the `last` checkpoint folder (clara.checkpoint swaps the
-folder in atomically, so the weights and the state always belong to the same epoch):
-
-- `training_state.safetensors`: the optimizer's per-parameter tensors (AdamW's step, exp_avg,
-  exp_avg_sq), as `optimizer.state.<param index>.<name>`;
-- `training_state.json`: epochs done, early-stopping state (best value and epoch, stale
-  epochs), whether training had ended, the process count, Accelerate's accumulation counter,
-  the optimizer's param groups and the scheduler's state dict (plain numbers);
-- `history.json` (written by the checkpoint anyway): the per-epoch history.
-
-RNG state is not stored: every epoch starts by re-seeding Python, numpy, torch (CPU and CUDA),
-the sampler's generator and the negative-mixup generator from (seed, epoch[, process]), so an
-epoch's sample order, dropout masks and mixup draws depend only on the seed and the epoch
-number, the same in a resumed run as in an uninterrupted one, on one process or several.
-Resuming is at epoch granularity: a kill mid-epoch repeats that epoch, nothing more.
+checkpoint (optimizer tensors in training_state.safetensors; epoch, early-stopping state,
+scheduler and param groups in training_state.json, swapped in with the weights), the check that
+a resumed config fits it, and the per-epoch seeding from (seed, epoch[, process]) that makes a
+resumed run repeat an uninterrupted one. Why not Accelerate's save_state (it pickles), and what
+is stored: docs/RELIABILITY.md, "Resuming a run".
 """
 from __future__ import annotations
 
@@ -34,7 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
+from clara.checkpoint import METRICS_FILE, OLD_MARK, CheckpointError, read_checkpoint_info, read_training_state
 from clara.config import Config
 
 STATE_VERSION = 1
@@ -44,7 +28,7 @@ OPTIMIZER_PREFIX = "optimizer.state."
 # dataset, split, encoder, fusion, model shape, loss, sampler, batch size, lr, epochs, ... would
 # silently continue another experiment).
 FREE_FIELDS = frozenset({"data.check_images", "train.num_workers", "train.eval_batch_size",
-                         "train.calibrate", "train.output_dir"})
+                         "train.calibrate", "train.posthoc_logit_bias", "train.output_dir"})
 
 
 class ResumeError(ValueError):
@@ -94,8 +78,6 @@ def seed_epoch(seed: int, epoch: int, process_index: int, sampler: Any, mixup: A
     The sampler's generators get the same seeds on every process (they must agree on the order);
     the global RNGs (dropout) and the mixup draws get one stream per process.
     """
-    from accelerate.utils import set_seed
-
     # Streams: 1 + process for Python/numpy/torch/CUDA, 1_000_000 + process for the mixup,
     # 2_000_000 + depth for the sampler generators (0: the DataLoader's sampler, 1: the one it wraps).
     set_seed(epoch_seed(seed, epoch, 1 + process_index))
@@ -205,8 +187,6 @@ def read_resume_state(last_dir: Path, cfg: Config, num_processes: int, results_f
     another process count; RunAlreadyFinished when training ended and `results_file` (the test
     metrics) was written after it.
     """
-    from clara.checkpoint import OLD_MARK, CheckpointError, read_checkpoint_info, read_training_state
-
     if not last_dir.exists() and not any(last_dir.parent.glob(f".{last_dir.name}{OLD_MARK}*")):
         raise ResumeError(f"--resume: no checkpoint to resume from at {last_dir} (has this run written an epoch "
                           "yet?); run without --resume to train from scratch")
@@ -245,7 +225,7 @@ def interrupted_best_note(best_dir: Path, state: ResumeState) -> str | None:
     epoch's weights, which the history no longer lists: the note says so.
     """
     try:
-        best_epoch_on_disk = int(json.loads((best_dir / "metrics.json").read_text(encoding="utf-8"))["epoch"])
+        best_epoch_on_disk = int(json.loads((best_dir / METRICS_FILE).read_text(encoding="utf-8"))["epoch"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None
     if best_epoch_on_disk <= state.epochs_done:

@@ -1,9 +1,12 @@
-"""Training-set samplers and the negative image mixup of MVSA-Multiple (clara-reference.md §3).
+"""Training-set samplers and the negative image mixup of MVSA-Multiple (docs/FIDELITY.md).
 
-- `weighted`: inverse class frequency (MVSA-Single), so each class is drawn about equally often;
-- `boost_negative`: natural frequencies, except that negatives are drawn at least
-  `negative_min_fraction` of the time (MVSA-Multiple: 3.2 % negatives -> >= 30 % of draws);
-- `random`: a plain shuffle (HFM).
+- `weighted`: inverse class frequency (MVSA-Single and HFM cell 10), each class drawn about equally;
+- `extreme_negative`: MVSA-Multiple's `build_extreme_negative_sampler` (cell 8) as it computes:
+  balanced weights, negatives x `negative_boost` *and* x the min-ratio scale -> ~98 % negative
+  draws on its split, although it prints "target 30.0%";
+- `negative_target`: that evident intent, natural frequencies with negatives exactly
+  `negative_min_fraction` of the draws (`boost_negative` is its former name);
+- `random`: a plain shuffle.
 Every sampler draws from its own seeded `torch.Generator`, so a run repeats exactly. Under
 several processes Accelerate re-seeds that generator identically on every process (and then
 shards the batches), so all processes agree on the epoch's order.
@@ -17,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
 
-SAMPLERS = ("weighted", "boost_negative", "random")
+SAMPLERS = ("weighted", "extreme_negative", "negative_target", "random")
+NEGATIVE_SAMPLERS = ("extreme_negative", "negative_target", "boost_negative")  # they need a negative class
 
 
 def count_classes(labels: Sequence[int], num_classes: int) -> list[int]:
@@ -34,7 +38,28 @@ def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> torch.
     return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
 
 
-def negative_boost_weights(labels: Sequence[int], negative_index: int, min_fraction: float) -> torch.Tensor:
+def extreme_negative_weights(labels: Sequence[int], negative_index: int, boost: float,
+                             min_fraction: float) -> torch.Tensor:
+    """Per-post draw weights of MVSA-Multiple's `build_extreme_negative_sampler` (cell 8).
+
+    Each class present gets N / (k * n_c) (k = classes present); the negatives' weight is then
+    multiplied by `boost` and, when negatives are fewer than `min_fraction` of the posts, by
+    min_fraction / (n_neg / N) as well. Both factors apply, so on the notebook's split (79 of
+    2,487 negatives: x12 x9.44) negatives take 98.3 % of the draws.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    present = int((counts > 0).sum())
+    total = len(labels)
+    per_class = {c: total / (present * int(n)) for c, n in enumerate(counts) if n > 0}
+    n_negative = int(counts[negative_index]) if negative_index < len(counts) else 0
+    if n_negative:
+        per_class[negative_index] *= boost
+        if n_negative / total < min_fraction:
+            per_class[negative_index] *= min_fraction / (n_negative / total)
+    return torch.tensor([per_class[label] for label in labels], dtype=torch.double)
+
+
+def negative_target_weights(labels: Sequence[int], negative_index: int, min_fraction: float) -> torch.Tensor:
     """Per-post draw weights that keep natural frequencies but give negatives >= `min_fraction`.
 
     With n_neg negatives among n posts the negative weight w solves
@@ -61,8 +86,8 @@ def make_generator(seed: int) -> torch.Generator:
 
 def build_sampler(kind: str, labels: Sequence[int], num_classes: int, seed: int,
                   negative_index: int | None = None, negative_min_fraction: float = 0.30,
-                  num_samples: int | None = None) -> Sampler[int]:
-    """The training sampler `kind` (weighted | boost_negative | random) over posts with `labels`.
+                  negative_boost: float = 12.0, num_samples: int | None = None) -> Sampler[int]:
+    """The training sampler `kind` (one of SAMPLERS) over posts with `labels`.
 
     Weighted samplers draw with replacement, `num_samples` (default: the number of posts) per epoch.
     """
@@ -70,12 +95,14 @@ def build_sampler(kind: str, labels: Sequence[int], num_classes: int, seed: int,
     num_samples = len(labels) if num_samples is None else num_samples
     if kind == "random":
         return RandomSampler(range(len(labels)), generator=generator)
+    if kind in NEGATIVE_SAMPLERS and negative_index is None:
+        raise ValueError(f"the {kind} sampler needs the index of the negative class")
     if kind == "weighted":
         weights = inverse_frequency_weights(labels, num_classes)
-    elif kind == "boost_negative":
-        if negative_index is None:
-            raise ValueError("the boost_negative sampler needs the index of the negative class")
-        weights = negative_boost_weights(labels, negative_index, negative_min_fraction)
+    elif kind == "extreme_negative":
+        weights = extreme_negative_weights(labels, negative_index, negative_boost, negative_min_fraction)
+    elif kind in ("negative_target", "boost_negative"):
+        weights = negative_target_weights(labels, negative_index, negative_min_fraction)
     else:
         raise ValueError(f"unknown sampler {kind!r}; choose one of: {', '.join(SAMPLERS)}")
     return WeightedRandomSampler(weights, num_samples=num_samples, replacement=True, generator=generator)

@@ -1,0 +1,629 @@
+"""Side-by-side speed measurements of CLARA: the published pipeline's settings against ours.
+
+    report = run_benchmark(BenchmarkOptions(dataset="mvsa_single", data_dir="data/x", encoders="random-full"))
+    print(format_report(report)); json.dumps(report)
+
+Training samples/s (real steps, the two settings interleaved so machine load hits both alike),
+data loading, prediction latency of each inference path side by side (fp32 with the LoRA adapters,
+merged, merged + bf16, int8; also interleaved), per-encoder time, one explanation at the library's
+defaults, the precision probe's decision, peak memory of the process and of one Predictor alone;
+`compare_quality` checks that a speed-up does not change what is learned. What is measured and
+why: docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from clara.config import Config, get_preset
+from clara.data import LoadedDataset, load_dataset
+from clara.data.dataset import MODEL_INPUTS
+from clara.data.images import ImageTransform, model_image_transform
+from clara.explain import Explainer
+from clara.inference import Predictor
+from clara.model import create_model
+from clara.precision import SCREEN_SHAPE, autocast, cpu_precision_probe, resolve_precision
+from clara.train.data import build_image_cache, build_train_loader
+from clara.train.loop import train
+from clara.train.losses import clara_loss, training_class_weights
+from clara.train.samplers import count_classes
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One way of running training steps; `published_settings` and `our_settings` build the two compared."""
+    name: str
+    pad_to_max_length: bool  # pad every text to max_text_length (the notebooks) or to the batch's longest
+    gradient_checkpointing: bool
+    precision: str  # fp32 | fp16 (autocast + GradScaler, the notebooks' AMP) | bf16 (autocast)
+    image_cache: bool  # uint8 crops from clara.data.image_cache instead of per-sample decode + resize
+    length_grouped: bool  # clara.train.samplers.LengthGroupedSampler
+    fused_adamw: bool
+    num_workers: int = 0
+
+
+def published_settings(device: str) -> TrainSettings:
+    """The notebooks: pad to 128, per-sample PIL preprocessing, gradient checkpointing, no cache;
+    AMP fp16 on a GPU, fp32 on CPU."""
+    return TrainSettings("published_settings", pad_to_max_length=True, gradient_checkpointing=True,
+                         precision="fp16" if device == "cuda" else "fp32", image_cache=False,
+                         length_grouped=False, fused_adamw=False)
+
+
+def our_settings(device: str) -> TrainSettings:
+    """What the measurements justify (docs/BENCHMARKS.md): dynamic padding, no gradient
+    checkpointing, the decoded-image cache; bf16 autocast and fused AdamW on a GPU. fp32 on CPU:
+    this machine's CPUs lack AVX-512 BF16, and there bf16 matmuls are far slower. Length-grouped
+    batches are left out: they lowered val F1 in the short quality runs."""
+    on_gpu = device == "cuda"
+    return TrainSettings("ours", pad_to_max_length=False, gradient_checkpointing=False,
+                         precision="bf16" if on_gpu else "fp32", image_cache=True, length_grouped=False,
+                         fused_adamw=on_gpu, num_workers=4 if on_gpu else 0)
+
+
+@dataclass
+class BenchmarkOptions:
+    dataset: str
+    data_dir: str
+    encoders: str = "random-full"
+    device: str = "cpu"
+    steps: int = 3
+    warmup_steps: int = 1
+    batch_size: int = 16
+    predict_runs: int = 20
+    explain: bool = True
+    train: bool = True
+    predict: bool = True
+    cache_dir: str | None = None  # image cache folder; None: a folder inside the system temp dir
+    threads: int | None = None  # torch threads; None: leave torch's default (one per core)
+    quantize_check: bool = True  # also time int8 dynamic quantisation for prediction, with its accuracy cost
+    predictor_memory: bool = True  # peak RSS of one Predictor in a process of its own (CPU)
+    seed: int = 42
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def machine_description(device: str) -> dict[str, Any]:
+    """CPU model, core count, torch version and, on a GPU, its name."""
+    cpu_model = platform.processor() or "unknown"
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu_model in ("unknown", "x86_64", ""):
+                cpu_model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    info: dict[str, Any] = {
+        "cpu": cpu_model, "cores": torch.get_num_threads(), "torch": torch.__version__,
+        "python": sys.version.split()[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": "avx512_bf16" in flags,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak RSS of this process (CPU) or peak allocated GPU memory since the last reset (cuda), MiB.
+    On Linux the RSS peak is /proc/self/status VmHWM: getrusage's ru_maxrss survives exec, so a child
+    process would report its parent's peak."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def base_config(options: BenchmarkOptions) -> Config:
+    cfg = get_preset(options.dataset).override({
+        "data.data_dir": options.data_dir, "model.encoders": options.encoders,
+        "train.batch_size": options.batch_size, "train.seed": options.seed, **options.overrides})
+    return cfg
+
+
+def load_benchmark_data(cfg: Config) -> LoadedDataset:
+    data = load_dataset(cfg.data.dataset, cfg.data.data_dir, protocol=cfg.data.protocol, hfm_label=cfg.data.hfm_label,
+                        splits_file=cfg.data.splits_file, seed=cfg.data.split_seed, check_images=False)
+    if not data.splits.get("train"):
+        raise ValueError(f"{cfg.data.data_dir} has no training posts; the benchmark needs some")
+    return data
+
+
+def settings_config(cfg: Config, settings: TrainSettings, cache_dir: str | None) -> Config:
+    """`cfg` with the data and training options `settings` choose."""
+    cache = {"data.image_cache_dir": cache_dir} if cache_dir is not None else {}
+    return cfg.override({"model.gradient_checkpointing": settings.gradient_checkpointing,
+                         "data.pad_to_max_length": settings.pad_to_max_length, "data.image_cache": settings.image_cache,
+                         "train.length_grouped": settings.length_grouped, "train.num_workers": settings.num_workers,
+                         **cache})
+
+
+def settings_train_loader(settings: TrainSettings, cfg: Config, data: LoadedDataset, tokenizer: Any,
+                          transform: ImageTransform, cache_dir: str | None, device: str) -> DataLoader:
+    """The training DataLoader `settings` describe, built by clara.train.data as the loop builds it."""
+    cfg = settings_config(cfg, settings, cache_dir)
+    samples = data.splits["train"]
+    return build_train_loader(cfg, samples, tokenizer, transform, build_image_cache(cfg, samples, transform),
+                              pin_memory=device == "cuda", persistent_workers=True)
+
+
+def _endless(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    while True:
+        yield from loader
+
+
+class TrainRunner:
+    """A model, optimizer and batch stream for one TrainSettings; `step()` times one training step
+    (fetching the batch included, since per-sample preprocessing is part of the published cost)."""
+
+    def __init__(self, settings: TrainSettings, cfg: Config, data: LoadedDataset, tokenizer: Any | None,
+                 device: str, cache_dir: str | None):
+        self.settings = settings
+        self.device = device
+        self.cfg = settings_config(cfg, settings, cache_dir)
+        torch.manual_seed(cfg.train.seed)  # the same trainable initial weights for every settings
+        texts = [s.text for s in data.splits["train"]]
+        model, self.tokenizer = create_model(self.cfg, tokenizer_texts=texts, tokenizer=tokenizer)
+        self.model = model.to(device).train()
+        self.transform = model_image_transform(model)
+        self.loader = settings_train_loader(settings, cfg, data, self.tokenizer, self.transform, cache_dir, device)
+        self.batches = _endless(self.loader)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = trainable
+        extra = {"fused": True} if settings.fused_adamw else {}
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, **extra)
+        self.scaler = torch.amp.GradScaler(device) if settings.precision == "fp16" else None
+        counts = count_classes([s.label for s in data.splits["train"]], len(cfg.labels))
+        self.weights = training_class_weights(cfg.train, counts, cfg.labels, device)
+        self.times: list[float] = []
+        self.samples: list[int] = []
+        self.text_tokens: list[int] = []
+        self.peak_mb = 0.0
+
+    def step(self, record: bool) -> float:
+        _sync(self.device)
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        batch = next(self.batches)
+        inputs = {key: batch[key].to(self.device, non_blocking=True) for key in MODEL_INPUTS}
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        with autocast(self.settings.precision, self.device):
+            out = self.model(**inputs)
+            loss, _ = clara_loss(out, labels, self.weights, self.cfg.train)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        _sync(self.device)
+        elapsed = time.perf_counter() - started
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise RuntimeError(f"{self.settings.name}: the loss became {loss_value} in the benchmark")
+        if record:
+            self.times.append(elapsed)
+            self.samples.append(len(labels))
+            self.text_tokens.append(int(inputs["input_ids"].shape[1]))
+            self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
+        return elapsed
+
+    def summary(self) -> dict[str, Any]:
+        total = sum(self.times)
+        result = {
+            "samples_per_s": sum(self.samples) / total if total else float("nan"),
+            "step_s": [round(t, 3) for t in self.times],
+            "mean_padded_text_tokens": statistics.fmean(self.text_tokens) if self.text_tokens else None,
+            "settings": dataclasses.asdict(self.settings),
+        }
+        if self.device == "cuda":
+            result["peak_memory_mb"] = self.peak_mb
+        return result
+
+
+def measure_training(cfg: Config, data: LoadedDataset, settings: Sequence[TrainSettings], steps: int,
+                     warmup_steps: int, device: str, cache_dir: str | None,
+                     log: Any = print) -> dict[str, dict[str, Any]]:
+    """Training samples/s per settings, measured interleaved: each round runs one step of every
+    settings in turn; the first `warmup_steps` rounds are not recorded."""
+    runners: list[TrainRunner] = []
+    tokenizer = None
+    for item in settings:
+        runner = TrainRunner(item, cfg, data, tokenizer, device, cache_dir)
+        tokenizer = runner.tokenizer  # one tokenizer for all, so they see the same tokens
+        runners.append(runner)
+    for round_index in range(warmup_steps + steps):
+        record = round_index >= warmup_steps
+        # Alternate which settings goes first, so neither always follows the other's cache state.
+        order = runners if round_index % 2 == 0 else list(reversed(runners))
+        for runner in order:
+            elapsed = runner.step(record)
+            log(f"  train {'step' if record else 'warm-up'} {round_index + 1}: {runner.settings.name} {elapsed:.2f} s")
+    results = {runner.settings.name: runner.summary() for runner in runners}
+    del runners
+    gc.collect()
+    return results
+
+
+def measure_data_loading(cfg: Config, data: LoadedDataset, tokenizer: Any, transform: ImageTransform,
+                         settings: TrainSettings, device: str, cache_dir: str | None,
+                         max_images: int = 64) -> dict[str, float]:
+    """Images/s through `settings`' Dataset + Collator alone (no model), over at most `max_images`."""
+    loader = settings_train_loader(settings, cfg, data, tokenizer, transform, cache_dir, device)
+    seen = 0
+    started = time.perf_counter()
+    for batch in loader:
+        seen += len(batch["ids"])
+        if seen >= max_images:
+            break
+    elapsed = time.perf_counter() - started
+    return {"images_per_s": seen / elapsed, "images": seen}
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def measure_predict(predictor: Any, image_paths: Sequence[Path], texts: Sequence[str], runs: int,
+                    batch_size: int) -> dict[str, float]:
+    """Latency of one image (a path: decoding and preprocessing included) + text, p50/p95 over `runs`
+    calls after one warm-up, and samples/s for `batch_size` posts per call."""
+    return measure_predict_paths({"one": predictor}, image_paths, texts, runs, batch_size)["one"]
+
+
+def measure_predict_paths(predictors: dict[str, Any], image_paths: Sequence[Path], texts: Sequence[str], runs: int,
+                          batch_size: int) -> dict[str, dict[str, float]]:
+    """`measure_predict` for several predictors INTERLEAVED: each round times one call of every
+    predictor in turn (the order reversed every other round), so load from other processes hits all
+    alike and their ratios are the robust numbers."""
+    for predictor in predictors.values():
+        predictor.predict([image_paths[0]], [texts[0]])  # warm-up
+    latencies: dict[str, list[float]] = {name: [] for name in predictors}
+    for i in range(runs):
+        index = i % len(image_paths)
+        order = list(predictors.items()) if i % 2 == 0 else list(reversed(predictors.items()))
+        for name, predictor in order:
+            started = time.perf_counter()
+            predictor.predict([image_paths[index]], [texts[index]])
+            _sync(predictor.device.type)
+            latencies[name].append((time.perf_counter() - started) * 1000)
+    batch_images = [image_paths[i % len(image_paths)] for i in range(batch_size)]
+    batch_texts = [texts[i % len(texts)] for i in range(batch_size)]
+    results = {}
+    for name, predictor in predictors.items():
+        predictor.predict(batch_images, batch_texts, batch_size=batch_size)  # warm-up at this shape
+        started = time.perf_counter()
+        predictor.predict(batch_images, batch_texts, batch_size=batch_size)
+        _sync(predictor.device.type)
+        batch_s = time.perf_counter() - started
+        results[name] = {"p50_ms": _percentile(latencies[name], 0.50), "p95_ms": _percentile(latencies[name], 0.95),
+                         "min_ms": min(latencies[name]), "batch_samples_per_s": batch_size / batch_s, "runs": runs}
+    return results
+
+
+def prediction_agreement(reference: Any, other: Any, image_paths: Sequence[Path],
+                         texts: Sequence[str]) -> dict[str, float]:
+    """How far another path's predictions move from the reference's on the same posts: label agreement
+    and the largest absolute change of any class probability."""
+    ref = reference.predict(list(image_paths), list(texts))
+    out = other.predict(list(image_paths), list(texts))
+    agree = sum(a.label == b.label for a, b in zip(ref, out)) / len(ref)
+    max_change = max(abs(a.probs[k] - b.probs[k]) for a, b in zip(ref, out) for k in a.probs)
+    return {"label_agreement": agree, "max_prob_change": max_change, "posts": len(ref)}
+
+
+
+def measure_breakdown(predictors: dict[str, Any], image_path: Path, text: str, runs: int = 5
+                      ) -> dict[str, dict[str, float]]:
+    """Median ms of each encoder, the fusion + heads and the whole `predict` call for one post, per
+    predictor, interleaved as in `measure_predict_paths`: where a prediction's time goes."""
+    prepared = {}
+    for name, predictor in predictors.items():
+        batch = predictor.encode([image_path], [text])
+        with torch.inference_mode(), predictor.autocast():
+            tokens = predictor.model.encode(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        prepared[name] = (predictor, batch, tokens)
+    timings = {name: {"vision_ms": [], "text_ms": [], "decide_ms": [], "predict_ms": []} for name in predictors}
+    for round_index in range(runs):
+        order = list(prepared.items()) if round_index % 2 == 0 else list(reversed(prepared.items()))
+        for name, (predictor, batch, (vision_tokens, text_tokens)) in order:
+            model, mask = predictor.model, batch["attention_mask"]
+            steps = (("vision_ms", lambda: model.encode(batch["pixel_values"], None, None, text=False)),
+                     ("text_ms", lambda: model.encode(None, batch["input_ids"], mask, vision=False)),
+                     ("decide_ms", lambda: model.decide(vision_tokens, text_tokens, mask)))
+            with torch.inference_mode(), predictor.autocast():
+                for key, run in steps:
+                    started = time.perf_counter()
+                    run()
+                    timings[name][key].append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            predictor.predict([image_path], [text])
+            timings[name]["predict_ms"].append((time.perf_counter() - started) * 1000)
+    return {name: {key: statistics.median(values) for key, values in per_step.items()}
+            | {"text_tokens": int(prepared[name][1]["input_ids"].shape[1])} for name, per_step in timings.items()}
+
+
+def measure_explain(predictor: Any, image_path: Path, text: str) -> dict[str, Any]:
+    """Seconds for one explanation (text + image integrated gradients at the library's defaults,
+    EXPLAIN_DEFAULTS) and for one plain prediction of the same post; steps and convergence of each."""
+    explainer = Explainer(predictor)
+    started = time.perf_counter()
+    predictor.predict([image_path], [text])
+    predict_s = time.perf_counter() - started
+    started = time.perf_counter()
+    explanation = explainer.explain(image_path, text, methods=["text_ig", "image_ig"])
+    explain_s = time.perf_counter() - started
+    convergence = {name: {"steps": result.n_steps, "steps_tried": list(result.steps_tried),
+                          "delta": result.convergence_delta, "output_change": result.output_change,
+                          "converged": result.converged}
+                   for name, result in (("text_ig", explanation.text_ig), ("image_ig", explanation.image_ig))}
+    return {"explain_s": explain_s, "predict_s": predict_s, "n_steps": explainer.n_steps,
+            "max_steps": explainer.settings.max_steps, "timings": dict(explanation.timings),
+            "convergence": convergence, "path": predictor.path.to_dict()}
+
+
+def _predictor(cfg: Config, data: LoadedDataset, device: str, **predictor_options: Any) -> Predictor:
+    """A fresh model (same seed every time) in a Predictor; LoRA B drawn from N(0, 0.01^2), since a
+    fresh adapter's B is zero and merging it would change nothing."""
+    torch.manual_seed(cfg.train.seed)
+    model, tokenizer = create_model(cfg, tokenizer_texts=[s.text for s in data.splits["train"]])
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(0.01 * torch.randn(param.shape, generator=generator))
+    return Predictor(model, tokenizer, cfg, cfg.labels, device=device, **predictor_options)
+
+
+def prediction_paths(cfg: Config, data: LoadedDataset, device: str, int8: bool) -> tuple[dict[str, Predictor], str]:
+    """The inference paths compared, and the name of the one `Predictor.from_checkpoint` runs here by
+    default (the precision probe's choice). bf16 is left out where the probe found it emulated."""
+    default_precision = resolve_precision(None, device)[0]
+    paths = {"fp32_adapters": _predictor(cfg, data, device, precision="fp32"),
+             "merged_fp32": _predictor(cfg, data, device, precision="fp32", prepare=True)}
+    emulated = device == "cpu" and cpu_precision_probe().shape == SCREEN_SHAPE  # screened out: seconds per call
+    if not emulated:
+        paths["merged_bf16"] = _predictor(cfg, data, device, precision="bf16", prepare=True)
+    if int8 and device == "cpu":
+        paths["int8"] = _predictor(cfg, data, device, quantize=True)
+    return paths, "merged_bf16" if default_precision == "bf16" and "merged_bf16" in paths else "merged_fp32"
+
+
+def run_benchmark(options: BenchmarkOptions, log: Any = print) -> dict[str, Any]:
+    """All measurements of the module docstring; returns the JSON-ready report."""
+    device = options.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but torch sees no GPU")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    cfg = base_config(options)
+    data = load_benchmark_data(cfg)
+    cache_dir = options.cache_dir or str(Path(tempfile.gettempdir()) / "clara_benchmark_cache")
+    published, ours = published_settings(device), our_settings(device)
+    report: dict[str, Any] = {"device": device, "torch": torch.__version__, "machine": machine_description(device),
+                              "dataset": options.dataset, "data_dir": str(options.data_dir),
+                              "encoders": options.encoders, "batch_size": options.batch_size,
+                              "steps": options.steps, "warmup_steps": options.warmup_steps,
+                              "train_posts": len(data.splits["train"])}
+
+    if options.train:
+        log(f"training: {options.warmup_steps} warm-up + {options.steps} measured steps of each settings, interleaved")
+        runs = measure_training(cfg, data, [published, ours], options.steps, options.warmup_steps, device, cache_dir, log)
+        speedup = runs["ours"]["samples_per_s"] / runs["published_settings"]["samples_per_s"]
+        report["train"] = {**runs, "speedup": speedup}
+
+    # Data loading alone needs the tokenizer and preprocessing only; the predictors (built anyway
+    # for the prediction timings) supply both.
+    paths, default = prediction_paths(cfg, data, device, options.quantize_check)
+    predictor = paths[default]
+    report["precision_probe"] = cpu_precision_probe().to_dict() if device == "cpu" else None
+    report["default_path"] = default
+    transform = predictor.image_transform
+    loading = {item.name: measure_data_loading(cfg, data, predictor.tokenizer, transform, item, device, cache_dir)
+               for item in (published, ours)}
+    report["data_loading"] = loading
+    report["data_images_per_s"] = loading["ours"]["images_per_s"]
+
+    posts = data.splits.get("test") or data.splits["train"]
+    image_paths = [s.image_path for s in posts[:16]]
+    texts = [s.text for s in posts[:16]]
+    if options.predict:
+        log(f"prediction: {', '.join(paths)} interleaved, {options.predict_runs} single-post calls each and one "
+            f"batch of {options.batch_size}; default here: {default}")
+        timings = measure_predict_paths(paths, image_paths, texts, options.predict_runs, options.batch_size)
+        reference = paths["fp32_adapters"]
+        report["predict_paths"] = {
+            name: {**timings[name], "path": item.path.to_dict(),
+                   **(prediction_agreement(reference, item, image_paths, texts) if item is not reference else {})}
+            for name, item in paths.items()}
+        report["predict"] = report["predict_paths"][default]
+        if "int8" in paths:
+            report["predict_int8"] = report["predict_paths"]["int8"]
+        log("prediction breakdown: per-encoder time of each path")
+        report["predict_breakdown"] = measure_breakdown(paths, image_paths[0], texts[0])
+    for name in [name for name in paths if name != default]:
+        del paths[name]  # only the default path is needed from here on
+    gc.collect()
+    if options.explain:
+        log(f"explanation: text + image integrated gradients at the library's defaults ({default})")
+        report["explain"] = measure_explain(predictor, image_paths[0], texts[0])
+        report["explain_s"] = report["explain"]["explain_s"]
+    if options.predictor_memory and device == "cpu":
+        log("peak memory of one Predictor (its own process: build, predictions, one explanation)")
+        report["predictor_peak_memory_mb"] = predictor_peak_memory(options, image_paths[0], texts[0])
+    report["peak_memory_mb"] = peak_memory_mb(device)
+    report["peak_memory_kind"] = "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS"
+    return report
+
+
+def predictor_peak_memory(options: BenchmarkOptions, image_path: Path, text: str) -> dict[str, float]:
+    """Peak RSS (MiB) of a fresh process holding one default-path Predictor: after building it, after
+    20 predictions and after one explanation at the defaults (`_predictor_memory_child`)."""
+    arguments = json.dumps({"options": dataclasses.asdict(options), "image": str(image_path), "text": text})
+    done = subprocess.run([sys.executable, "-c", "from clara.train.benchmark import _predictor_memory_child as run; run()",
+                           arguments], capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the Predictor memory process failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _predictor_memory_child() -> None:
+    arguments = json.loads(sys.argv[1])
+    options = BenchmarkOptions(**arguments["options"])
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    cfg = base_config(options)
+    data = load_benchmark_data(cfg)
+    predictor = _predictor(cfg, data, options.device, prepare=True)
+    result = {"built": peak_memory_mb(options.device)}
+    for _ in range(20):
+        predictor.predict([arguments["image"]], [arguments["text"]])
+    result["predicting"] = peak_memory_mb(options.device)
+    if options.explain:
+        Explainer(predictor).explain(arguments["image"], arguments["text"], methods=["text_ig", "image_ig"])
+        result["explaining"] = peak_memory_mb(options.device)
+    result["path"] = predictor.path.precision
+    print(json.dumps(result))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table of a `run_benchmark` report."""
+    lines = [f"device {report['device']} ({report['machine'].get('gpu') or report['machine']['cpu']}, "
+             f"{report['machine']['cores']} threads), torch {report['torch']}, encoders {report['encoders']}, "
+             f"batch {report['batch_size']}"]
+    train = report.get("train")
+    if train:
+        lines.append(f"{'training':<28}{'samples/s':>12}{'mean text tokens':>18}")
+        for name in ("published_settings", "ours"):
+            run = train[name]
+            tokens = run["mean_padded_text_tokens"]
+            shown = f"{tokens:.1f}" if tokens is not None else "-"
+            lines.append(f"  {name:<26}{run['samples_per_s']:>12.3f}{shown:>18}")
+        lines.append(f"  {'speedup (ours / published)':<26}{train['speedup']:>12.2f}x")
+    loading = report.get("data_loading", {})
+    for name, run in loading.items():
+        lines.append(f"{'data loading ' + name:<40}{run['images_per_s']:>10.1f} images/s")
+    probe = report.get("precision_probe")
+    if probe:
+        lines.append(f"{'precision probe':<28} {probe['precision']}: {probe['reason']} "
+                     f"(fp32 {probe['fp32_ms']:.2f} ms, bf16 {probe['bf16_ms']:.2f} ms)")
+    for name, p in report.get("predict_paths", {}).items():
+        extra = (f", labels agree {p['label_agreement']:.0%}, max prob change {p['max_prob_change']:.3f}"
+                 if "label_agreement" in p else "")
+        default = " (default)" if name == report.get("default_path") else ""
+        lines.append(f"{'prediction ' + name + default:<38} p50 {p['p50_ms']:.0f} ms, p95 {p['p95_ms']:.0f} ms, "
+                     f"batch {p['batch_samples_per_s']:.1f} samples/s{extra}")
+    for name, b in report.get("predict_breakdown", {}).items():
+        lines.append(f"{'  where ' + name:<38} vision {b['vision_ms']:.0f} ms, text {b['text_ms']:.0f} ms "
+                     f"({b['text_tokens']} tokens), fusion+heads {b['decide_ms']:.1f} ms, predict {b['predict_ms']:.0f} ms")
+    if "explain" in report:
+        e = report["explain"]
+        steps = ", ".join(f"{name} {c['steps']} steps, delta {c['delta']:+.4f} of {c['output_change']:+.4f}"
+                          f"{'' if c['converged'] else ' NOT converged'}" for name, c in e["convergence"].items())
+        lines.append(f"{'explanation (text + image IG)':<28} {e['explain_s']:.1f} s ({steps}) vs "
+                     f"plain prediction {e['predict_s'] * 1000:.0f} ms")
+    if "predictor_peak_memory_mb" in report:
+        m = report["predictor_peak_memory_mb"]
+        lines.append(f"{'one Predictor, peak RSS':<28} built {m['built']:.0f} MiB, predicting {m['predicting']:.0f} MiB"
+                     + (f", explaining {m['explaining']:.0f} MiB" if "explaining" in m else ""))
+    lines.append(f"{'peak memory (this process)':<28} {report['peak_memory_mb']:.0f} MiB ({report['peak_memory_kind']})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- quality
+
+QUALITY_VARIANTS: dict[str, dict[str, Any]] = {
+    # Each kept optimisation alone against the published-settings baseline, then all together.
+    "published_settings": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True},
+    "dynamic_padding": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True},
+    "no_gradient_checkpointing": {"data.pad_to_max_length": True, "model.gradient_checkpointing": False},
+    "image_cache": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True, "data.image_cache": True},
+    "length_grouped": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True,
+                       "train.length_grouped": True},
+    "ours": {"data.pad_to_max_length": False, "model.gradient_checkpointing": False, "data.image_cache": True},
+}
+
+
+# A tiny-encoder recipe that learns the synthetic task (which needs both modalities) within a few
+# epochs (tests/test_train.py uses the same), so metrics differ from chance and can be compared.
+QUALITY_RECIPE: dict[str, Any] = {
+    "model.encoders": "tiny", "model.hidden_dim": 64, "model.fusion_heads": 4, "model.fusion_dropout": 0.0,
+    "model.head_dropout": 0.0, "train.lr": 2e-3, "train.eval_batch_size": 128, "train.mixed_precision": "no",
+    "data.check_images": False, "train.calibrate": False,
+}
+
+
+def compare_quality(dataset: str, data_dir: str, output_dir: str, epochs: int = 6, seeds: Sequence[int] = (1, 2),
+                    batch_size: int = 16, variants: Sequence[str] | None = None,
+                    log: Any = print) -> list[dict[str, Any]]:
+    """Short tiny-encoder trainings (clara.train.loop.train, QUALITY_RECIPE) per variant of
+    QUALITY_VARIANTS and seed; returns one row per run with the best val metrics and the test metrics."""
+    rows = []
+    for name in variants or list(QUALITY_VARIANTS):
+        for seed in seeds:
+            cfg = get_preset(dataset).override({
+                **QUALITY_RECIPE, "data.data_dir": data_dir, "train.epochs": epochs,
+                "train.patience": epochs, "train.batch_size": batch_size, "train.seed": seed,
+                "train.output_dir": str(Path(output_dir) / f"{name}_seed{seed}"),
+                "data.image_cache_dir": str(Path(output_dir) / "image_cache"),
+                **QUALITY_VARIANTS[name]})
+            started = time.perf_counter()
+            result = train(cfg, progress=False)
+            best = max(result.history, key=lambda entry: entry[f"val_{cfg.train.selection_metric}"])
+            rows.append({"variant": name, "seed": seed, "val_f1_weighted": best["val_f1_weighted"],
+                         "val_accuracy": best["val_accuracy"], "test_f1_weighted": result.metrics["f1_weighted"],
+                         "test_accuracy": result.metrics["accuracy"], "best_epoch": best["epoch"],
+                         "final_train_loss": result.history[-1]["train_loss"],
+                         "seconds": time.perf_counter() - started})
+            log(f"  quality {name} seed {seed}: val f1_w {best['val_f1_weighted']:.4f}, "
+                f"test f1_w {result.metrics['f1_weighted']:.4f}, {rows[-1]['seconds']:.0f} s")
+    return rows
+
+
+def format_quality(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: one row per variant, metrics as mean over seeds (and each seed's value)."""
+    lines = ["| variant | val F1-w (per seed) | val acc | test F1-w | test acc | last train loss |",
+             "|---|---|---|---|---|---|"]
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    for name, group in by_variant.items():
+        def mean(key: str) -> float:
+            return statistics.fmean(r[key] for r in group)
+        per_seed = ", ".join(f"{r['val_f1_weighted']:.3f}" for r in group)
+        lines.append(f"| {name} | {mean('val_f1_weighted'):.3f} ({per_seed}) | {mean('val_accuracy'):.3f} | "
+                     f"{mean('test_f1_weighted'):.3f} | {mean('test_accuracy'):.3f} | {mean('final_train_loss'):.4f} |")
+    return "\n".join(lines)

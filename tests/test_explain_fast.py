@@ -123,9 +123,21 @@ def test_refinement_spends_the_steps_where_the_output_changes():
     assert list(adaptive.steps_tried) == sorted(adaptive.steps_tried) and adaptive.steps_tried[-1] == adaptive.steps
 
 
+# bf16 keeps about 3 significant digits: two fp32 scores closer than this share of the score range
+# are a tie, and either may come out on top (seen: 5.280e-05 vs 5.263e-05 on a range of 1.2e-04).
+TIE_SHARE = 0.02
+
+
+def top_within_ties(fast_scores, reference_scores) -> bool:
+    """bf16's top item is fp32's, or scores within TIE_SHARE of fp32's range of fp32's top one."""
+    reference = np.asarray(reference_scores, dtype=np.float64).ravel()
+    top = int(np.argmax(np.asarray(fast_scores).ravel()))
+    return reference[top] >= reference.max() - TIE_SHARE * (reference.max() - reference.min())
+
+
 def test_bf16_explanations_agree_with_fp32(fp32_demo):
     """The bf16 path (merged weights stored in bf16, autocast) explains like fp32: the same top word
-    and top patch for relevancy and IG on the bundled examples, from any thread."""
+    and top patch (up to ties) for relevancy and IG on the bundled examples, from any thread."""
     bf16 = Predictor.from_checkpoint(DEMO_CHECKPOINT, device="cpu", precision="bf16")
     assert bf16.path.precision == "bf16" and bf16.path.weights == "bf16"
     methods = ["relevancy", "text_ig", "image_ig", "attention"]
@@ -137,9 +149,9 @@ def test_bf16_explanations_agree_with_fp32(fp32_demo):
         reference, fast = results["fp32"], results["bf16"]
         assert fast.label == reference.label
         for method, scores in reference.word_scores().items():
-            assert int(np.argmax(fast.word_scores()[method])) == int(np.argmax(scores)), (entry["name"], method)
+            assert top_within_ties(fast.word_scores()[method], scores), (entry["name"], method)
         for method in ("relevancy", "attention"):
-            assert np.argmax(fast.heatmaps()[method]) == np.argmax(reference.heatmaps()[method]), (entry["name"], method)
+            assert top_within_ties(fast.heatmaps()[method], reference.heatmaps()[method]), (entry["name"], method)
     errors = []
 
     def explain_in_a_thread():

@@ -19,7 +19,7 @@ N_IMAGE_TOKENS = 1 + (96 // 16) ** 2  # tiny CLIP: CLS + 6x6 patches
 
 
 def tiny_config(dataset: str = "mvsa_single", **overrides: str):
-    small = {"model.encoders": "tiny", "model.hidden_dim": "32", "model.fusion_heads": "4"}
+    small = {"model.encoders": "tiny", "model.hidden_dim": "32", "model.fusion_heads": "4", "model.fusion": "token"}
     return get_preset(dataset).override({**small, **overrides})
 
 

@@ -204,7 +204,7 @@ def test_precision_setting_override_and_auto(monkeypatch):
     monkeypatch.setattr(precision, "cpu_precision_probe", lambda: probe)
     monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     assert precision.resolve_precision(None, "cpu")[0] == "bf16"
-    assert precision.resolve_mixed_precision("auto", "cpu") == "bf16"  # training's auto reads the same probe
+    assert precision.resolve_mixed_precision("auto", "cpu") == "no"  # training on CPU: fp32 unless asked
     assert precision.resolve_precision("fp32", "cpu")[0] == "fp32"  # the Predictor argument
     assert precision.resolve_precision(None, "cpu", hidden_size=768)[0] == "bf16"  # full-size encoders
     precision_, reason = precision.resolve_precision(None, "cpu", hidden_size=64)  # the tiny demo's
@@ -214,6 +214,9 @@ def test_precision_setting_override_and_auto(monkeypatch):
     assert precision.resolve_precision(None, "cpu") == ("fp32", "set to fp32 by CLARA_PRECISION")
     assert precision.resolve_mixed_precision("auto", "cpu") == "no"
     assert precision.resolve_mixed_precision("bf16", "cpu") == "bf16"  # explicit settings pass through
+    monkeypatch.setenv(precision.PRECISION_ENV, "bf16")
+    assert precision.resolve_mixed_precision("auto", "cpu") == "bf16"  # ... and CLARA_PRECISION=bf16
+    monkeypatch.setenv(precision.PRECISION_ENV, "fp32")
     monkeypatch.setenv(precision.PRECISION_ENV, "fp64")
     with pytest.raises(ValueError, match="CLARA_PRECISION='fp64' is not one of: auto, fp32, bf16"):
         precision.resolve_precision(None, "cpu")

@@ -2,6 +2,8 @@
 in-order loader that evaluation (and training's validation) reads a split with."""
 from __future__ import annotations
 
+import threading
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,12 +17,16 @@ from .types import Sample
 
 # The batch keys CLARAModel.forward takes (a Collator batch also holds labels and ids).
 MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+# A fast tokenizer sets its padding / truncation state on the shared Rust object before each call:
+# two threads calling it with different settings get each other's lengths. Every call holds this.
+TOKENIZER_LOCK = threading.RLock()
 
 
 def truncated_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[bool]:
     """Per text, whether it has more than `max_length` tokens (special tokens included), i.e. is cut."""
-    lengths = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    with TOKENIZER_LOCK:
+        lengths = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     return [len(ids) > max_length for ids in lengths]
 
 
@@ -82,14 +88,15 @@ class Collator:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not items:
             raise ValueError("cannot collate an empty batch")
-        encoded = self.tokenizer(
-            [item["text"] for item in items],
-            padding="max_length" if self.pad_to_max_length else "longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_token_type_ids=False,
-        )
+        with TOKENIZER_LOCK:
+            encoded = self.tokenizer(
+                [item["text"] for item in items],
+                padding="max_length" if self.pad_to_max_length else "longest",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_token_type_ids=False,
+            )
         pixels = torch.stack([item["pixel_values"] for item in items])
         if pixels.dtype == torch.uint8:
             if self.normalize is None:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clara.data.dataset import TOKENIZER_LOCK
+
 ATTENTION_KIND = "attention"
 
 
@@ -148,8 +150,9 @@ def _token_offsets(tokenizer: Any, text: str, ids: list[int], mask: list[int]) -
     if not getattr(tokenizer, "is_fast", False):
         return None
     try:
-        encoding = tokenizer(text, truncation=True, max_length=max(n_valid, 1),
-                             return_offsets_mapping=True, add_special_tokens=True)
+        with TOKENIZER_LOCK:
+            encoding = tokenizer(text, truncation=True, max_length=max(n_valid, 1),
+                                 return_offsets_mapping=True, add_special_tokens=True)
     except (NotImplementedError, ValueError, TypeError):
         return None
     valid_ids = [i for i, m in zip(ids, mask) if m == 1]

@@ -276,13 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = parse_assignments(args.assignments)
     except ValueError as exc:
         return _fail(str(exc))
-    from clara.catalog import synthetic_data_note
-    note = synthetic_data_note(args.checkpoint)  # a demo / synthetic-data run is not a sentiment model
-    if note:
-        print(note, file=sys.stderr)
     if single:
-        return predict_one(args)
-    return predict_csv(args) if batch else predict_job(args)
+        status = predict_one(args)
+    else:
+        status = predict_csv(args) if batch else predict_job(args)
+    from clara.catalog import synthetic_data_note
+    note = synthetic_data_note(args.checkpoint) if status == 0 else None  # errors stay one line
+    if note:  # a demo / synthetic-data run is not a sentiment model
+        print(note, file=sys.stderr)
+    return status
 
 
 def run() -> NoReturn:

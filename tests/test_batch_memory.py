@@ -25,16 +25,17 @@ def test_twelve_rows_of_one_6000_pixel_png_in_a_zip_stay_under_1_5_gb(tmp_path):
     (tmp_path / "posts.zip").write_bytes(archive.getvalue())
     (tmp_path / "posts.csv").write_text("image_path,text\n" + "big.png,a red picture\n" * 12, encoding="utf-8")
     script = textwrap.dedent(f"""
-        import json, resource
+        import json
         from pathlib import Path
         from clara.batch import parse_batch_csv, predict_batch
         from clara.inference import Predictor
         from clara.inputs import BatchImages
+        from clara.memory import peak_rss_mb
         folder = Path({str(tmp_path)!r})
         predictor = Predictor.from_checkpoint({str(ROOT / "checkpoints" / "demo")!r}, device="cpu")
         items = parse_batch_csv((folder / "posts.csv").read_bytes())
         rows = predict_batch(predictor, items, BatchImages((folder / "posts.zip").read_bytes(), None), batch_size=4)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = peak_rss_mb()
         print(json.dumps({{"rows": len(rows), "errors": [r["error"] for r in rows if r["error"]], "peak_mb": peak_mb}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)

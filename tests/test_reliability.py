@@ -16,7 +16,6 @@ import csv
 import importlib.util
 import io
 import json
-import os
 import re
 import struct
 import zipfile

@@ -226,7 +226,8 @@ def thin_png(width: int, height: int) -> bytes:
 
 ADDRESS_SPACE_LIMIT = 6 * 1024 ** 3
 PREDICT_ONCE = """
-import json, resource, sys, time
+import json, sys, time
+from clara.memory import peak_rss_mb
 from clara.data.images import ImageError
 from clara.inference import Predictor
 predictor = Predictor.from_checkpoint(sys.argv[1], device="cpu")
@@ -237,7 +238,7 @@ try:
 except ImageError as exc:
     outcome = "refused: " + str(exc)
 print(json.dumps({"outcome": outcome, "seconds": time.perf_counter() - started,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": peak_rss_mb() * 2**20}))
 """
 
 

@@ -40,7 +40,7 @@ def model_card(info: Mapping[str, Any], metrics: Mapping[str, Any] | None = None
                history: list[Mapping[str, Any]] | None = None) -> str:
     """The README.md text of a checkpoint whose config.json is `info`."""
     config = info.get("config") or {}
-    data_cfg, train_cfg = config.get("data") or {}, config.get("train") or {}
+    data_cfg = config.get("data") or {}
     encoders, params = info.get("encoders") or {}, info.get("params") or {}
     dataset, labels = info.get("dataset"), list(info.get("labels") or [])
     warning = not_a_real_model(info)

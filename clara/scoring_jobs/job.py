@@ -14,9 +14,7 @@ import glob
 import hashlib
 import json
 import os
-import resource
 import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +32,8 @@ from tqdm.auto import tqdm
 from clara.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from clara.inputs import BatchImages
 from clara.jsonio import to_jsonable, write_json
+from clara.memory import largest_child_peak_rss_mb
+from clara.memory import peak_rss_mb as peak_rss_mb_of_process
 from clara.precision import default_device, precision_setting, resolve_precision
 
 from .rows import decoded_batches, plan_batches, result_schema, result_table, score_batch
@@ -274,9 +274,7 @@ class JobSummary:
 
 def peak_rss_mb() -> dict[str, float]:
     """Peak resident memory of this process and of its largest finished child (a decoding worker), MB."""
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
-    return {"process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
-            "largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale, 1)}
+    return {"process": round(peak_rss_mb_of_process(), 1), "largest_worker": round(largest_child_peak_rss_mb(), 1)}
 
 
 def summarise(folder: JobFolder, manifest: Mapping[str, Any], written: int, scored: int, seconds: float,

@@ -18,7 +18,6 @@ import gc
 import json
 import math
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from clara.memory import peak_rss_mb
 from clara.config import Config, get_preset
 from clara.data import LoadedDataset, load_dataset
 from clara.data.dataset import MODEL_INPUTS
@@ -122,15 +122,10 @@ def machine_description(device: str) -> dict[str, Any]:
 
 def peak_memory_mb(device: str) -> float:
     """Peak RSS of this process (CPU) or peak allocated GPU memory since the last reset (cuda), MiB.
-    On Linux the RSS peak is /proc/self/status VmHWM: getrusage's ru_maxrss survives exec, so a child
-    process would report its parent's peak."""
+    (clara.memory says why not getrusage)."""
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_mb()
 
 
 def _sync(device: str) -> None:

@@ -1,6 +1,7 @@
 """Scoring jobs at scale, for real (clara.scoring_jobs, scripts/predict.py --input): a generated
 table scored in bounded memory, a job killed with SIGKILL completing only its missing shards with
-the same output, two processes (torchrun) and Ray Data giving the same predictions.
+the same output, two processes (torchrun, accelerate launch) and Ray Data giving the same
+predictions, and a Ray job with missing shards completing only those.
 
 The table has SCALE_ROWS rows (800 by default so the module stays around two minutes on 2 busy
 cores; CLARA_TEST_SCALE_ROWS=20000 runs the issue's size: docs/BENCHMARKS.md has that run's figures).
@@ -25,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clara.scoring_jobs import MANIFEST_FILE, JobOptions, PredictorSpec, open_source, run_job
+from clara.scoring_jobs import MANIFEST_FILE, JobOptions, PredictorSpec, open_source, process_group, run_job
+from clara.scoring_jobs.job import ACCELERATE_CPU_CONFIG, launched_processes, local_processes
 from _app_utils import DEMO_CHECKPOINT, require_demo
 from _eval_utils import jpeg_bytes
 
@@ -93,6 +95,15 @@ def scores(out: Path) -> pd.DataFrame:
 
 def manifest(out: Path) -> dict:
     return json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def head_of(table: Path, rows: int) -> Path:
+    """The table's first `rows` rows, beside it (the same relative image paths): for the tests whose point
+    is which process writes which shard, not the memory of a long job."""
+    head = table.with_name(f"head-{rows}.parquet")
+    if not head.exists():
+        pq.write_table(pq.read_table(table).slice(0, rows), head, row_group_size=2 * BATCH)
+    return head
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +180,7 @@ def test_a_killed_job_completes_only_its_missing_shards(table, reference, tmp_pa
 
 
 def test_two_processes_give_the_same_predictions_each_shard_written_once(table, reference, tmp_path):
-    """torchrun (gloo on CPU). `accelerate launch --num_processes 2 --cpu` starts one process in
-    accelerate 1.15; `accelerate launch --multi_gpu --num_processes 2` starts two (the torchrun path)."""
+    """torchrun (gloo on CPU); accelerate launch: the next tests."""
     out = tmp_path / "two"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
@@ -182,28 +192,6 @@ def test_two_processes_give_the_same_predictions_each_shard_written_once(table, 
     assert [s["writes"] for s in record["shards"]] == [1] * len(record["shards"])
     assert [s["written_by"] for s in record["shards"]] == [k % 2 for k in range(len(record["shards"]))]
     pd.testing.assert_frame_equal(scores(out), scores(reference[0]), rtol=0, atol=1e-6)
-
-
-def test_ray_data_gives_the_same_predictions_as_one_process(table, reference, tmp_path):
-    ray = pytest.importorskip("ray", reason='Ray Data is an optional extra: pip install "ray[data]"')
-    from clara.scoring_jobs.ray_engine import RayOptions, run_ray_job
-
-    rows = 6 * BATCH
-    subset = table.with_name("subset.parquet")  # beside the table: the same relative image paths
-    pq.write_table(pq.read_table(table).slice(0, rows), subset, row_group_size=2 * BATCH)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}})
-    try:
-        out = tmp_path / "ray"
-        summary = run_ray_job(open_source(subset), PredictorSpec(str(DEMO_CHECKPOINT), device="cpu", precision="fp32"),
-                              out, JobOptions(batch_size=BATCH, shard_size=SHARD, progress=False),
-                              RayOptions(concurrency=1, num_cpus=1))
-    finally:
-        ray.shutdown()
-    assert summary.complete and summary.rows == rows
-    assert manifest(out)["engine"] == "ray" and manifest(out)["status"] == "done"
-    expected = scores(reference[0]).iloc[:rows]
-    pd.testing.assert_frame_equal(scores(out), expected, rtol=0, atol=1e-5)
 
 
 def test_a_folder_of_images_through_the_same_path(tmp_path):
@@ -226,3 +214,94 @@ def test_a_folder_of_images_through_the_same_path(tmp_path):
         [tmp_path / "in" / "a.jpg"], ["what a lovely day"])[0]
     assert frame["predicted"][0] == expected.label
     assert frame["prob_neutral"][0] == pytest.approx(expected.probs["neutral"], abs=1e-6)
+
+
+def test_accelerate_launch_with_the_cpu_config_starts_two_processes_each_shard_written_once(table, reference,
+                                                                                              tmp_path):
+    """`accelerate launch --num_processes 2` alone starts one process on a machine without GPUs (its CPU
+    launcher: one process per machine); with configs/accelerate/cpu.yaml it takes its torchrun launcher."""
+    pytest.importorskip("accelerate")
+    rows, shard = 8 * BATCH, 2 * BATCH  # 4 shards, 2 a process
+    out = tmp_path / "accelerate"
+    launcher = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",  # `accelerate launch`
+                "--config_file", str(REPO / ACCELERATE_CPU_CONFIG), "--num_processes", "2"]
+    summary = run_command(job_command(head_of(table, rows), out, "--shard-size", str(shard), launcher=launcher))
+    record = manifest(out)
+    assert summary["complete"] and summary["rows"] == rows
+    assert sorted((r["rank"], r["world"]) for r in record["runs"]) == [(0, 2), (1, 2)]
+    assert [s["writes"] for s in record["shards"]] == [1] * 4
+    assert [s["written_by"] for s in record["shards"]] == [0, 1, 0, 1]
+    pd.testing.assert_frame_equal(scores(out), scores(reference[0]).iloc[:rows], rtol=0, atol=1e-6)
+
+
+def test_accelerate_starting_one_process_for_several_is_said_and_it_scores_every_shard(monkeypatch, caplog):
+    """What `accelerate launch --num_processes 2` without the config gives the process it starts (checked
+    with accelerate 1.15): MASTER_ADDR and ACCELERATE_* set, no WORLD_SIZE. And MPI's sizes count."""
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE",
+                 "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    with caplog.at_level("WARNING", logger="clara.scoring_jobs.job"):
+        assert process_group("cpu") == (0, 1, None, "cpu")  # this process scores every shard
+    [notice] = caplog.messages
+    assert notice.startswith("accelerate launch started one process") and ACCELERATE_CPU_CONFIG in notice
+    monkeypatch.setenv("PMI_SIZE", "4")  # mpirun (accelerate's multi-CPU launcher), 2 of them on this machine
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    assert (launched_processes(), local_processes()) == (4, 2)
+
+
+RAY_ROWS, RAY_SHARD = 6 * BATCH, 2 * BATCH  # 3 shards
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster on 2 CPUs for the module's Ray tests (the last ones: its workers idle after)."""
+    ray = pytest.importorskip("ray", reason='Ray Data is an optional extra: pip install "ray[data]"')
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def ray_job(table: Path, out: Path):
+    from clara.scoring_jobs.ray_engine import RayOptions, run_ray_job
+
+    return run_ray_job(open_source(head_of(table, RAY_ROWS)),
+                       PredictorSpec(str(DEMO_CHECKPOINT), device="cpu", precision="fp32"), out,
+                       JobOptions(batch_size=BATCH, shard_size=RAY_SHARD, progress=False),
+                       RayOptions(concurrency=1, num_cpus=1))
+
+
+@pytest.fixture(scope="module")
+def ray_scores(table, ray_cluster, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("ray") / "scores"
+    return out, ray_job(table, out)
+
+
+def test_ray_data_gives_the_same_predictions_as_one_process(reference, ray_scores):
+    out, summary = ray_scores
+    assert summary.complete and summary.rows == RAY_ROWS and summary.shards_written == 3
+    assert manifest(out)["engine"] == "ray" and manifest(out)["status"] == "done"
+    assert sorted(p.name for p in out.glob("*.parquet")) == [f"part-0000{k}.parquet" for k in range(3)]
+    expected = scores(reference[0]).iloc[:RAY_ROWS]
+    pd.testing.assert_frame_equal(scores(out), expected, rtol=0, atol=1e-5)
+
+
+def test_a_ray_job_with_missing_shards_completes_only_those(table, reference, ray_scores):
+    """Two shard files deleted (a job killed before writing them; one leaving a half-written temporary):
+    the same call writes those two, the other's file is untouched, the output equals the reference."""
+    out, _ = ray_scores
+    kept = out / "part-00001.parquet"
+    before = (kept.stat().st_mtime_ns, kept.read_bytes())
+    for name in ("part-00000.parquet", "part-00002.parquet"):
+        (out / name).unlink()
+    (out / ".part-00002.parquet.999.tmp").write_bytes(b"half a shard")
+    summary = ray_job(table, out)
+    assert summary.complete and summary.shards_written == 2 and summary.rows_scored == 2 * RAY_SHARD
+    assert (kept.stat().st_mtime_ns, kept.read_bytes()) == before
+    assert [s["writes"] for s in manifest(out)["shards"]] == [2, 1, 2] and manifest(out)["status"] == "done"
+    assert not list(out.glob("*.tmp"))
+    pd.testing.assert_frame_equal(scores(out), scores(reference[0]).iloc[:RAY_ROWS], rtol=0, atol=1e-5)
+    again = ray_job(table, out)  # nothing left: no Ray work at all
+    assert again.complete and again.shards_written == 0 and again.rows_scored == 0

@@ -4,8 +4,9 @@ The input's rows are cut into shards of `shard_size` rows; shard k is written, a
 `part-0000k.parquet`; `_manifest.json` (its "_" keeps it out of `pd.read_parquet(folder)`) holds
 the job's arguments (input and checkpoint fingerprints included), every shard's row range and
 status, and each process's run. A rerun with the same arguments skips the shards whose file
-exists; other arguments are refused. Under `torchrun` / `accelerate launch` process r takes the
-shards k with k mod world == r.
+exists; other arguments are refused. Under `torchrun` / `accelerate launch` (on CPUs with
+configs/accelerate/cpu.yaml: its CPU launcher starts one process) process r takes the shards k
+with k mod world == r.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -68,8 +70,38 @@ class JobOptions:
                 "allow_empty_text": self.allow_empty_text, "keep_inputs": self.keep_inputs}
 
 
+# How many processes a launcher started (in all / on this machine): torchrun (and accelerate launch's torchrun
+# path) sets WORLD_SIZE / LOCAL_WORLD_SIZE; MPI (accelerate's multi-CPU launcher, --mpirun_hostfile) its own
+# names, read as accelerate reads them.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                        "MV2_COMM_WORLD_LOCAL_SIZE")
+ACCELERATE_CPU_CONFIG = "configs/accelerate/cpu.yaml"
+log = logging.getLogger(__name__)
+
+
+def _first_int(names: Sequence[str], default: int) -> int:
+    return next((int(os.environ[name]) for name in names if os.environ.get(name, "").strip()), default)
+
+
+def launched_processes() -> int:
+    """The number of processes of this job's process group (1 when no launcher started several)."""
+    return _first_int(WORLD_SIZE_VARIABLES, 1)
+
+
 def local_processes() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return _first_int(LOCAL_SIZE_VARIABLES, launched_processes())
+
+
+def one_process_notice() -> str | None:
+    """What to tell the person when `accelerate launch --num_processes N` (N > 1) started this process
+    alone: without --multi_gpu, several GPUs or a config saying otherwise (`--cpu` included) it starts
+    one process per machine, setting MASTER_ADDR for the others it expects; None otherwise."""
+    if launched_processes() > 1 or "ACCELERATE_MIXED_PRECISION" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return None
+    return ("accelerate launch started one process, not --num_processes (without GPUs or a config it starts one "
+            "per machine): this process scores every shard. For N processes on this machine's CPUs: accelerate "
+            f"launch --config_file {ACCELERATE_CPU_CONFIG} --num_processes N ... (or torchrun --nproc_per_node N)")
 
 
 def default_workers() -> int:
@@ -85,10 +117,13 @@ def default_threads(num_workers: int) -> int:
 
 
 def process_group(device: str | None = None) -> tuple[int, int, Callable[[], None] | None, str | None]:
-    """(rank, world size, barrier, device) of this process: under torchrun / accelerate launch
-    (WORLD_SIZE > 1) from Accelerate's PartialState, whose device (e.g. cuda:<local rank>) is used
-    when `device` is None; else (0, 1, None, device)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """(rank, world size, barrier, device) of this process: under torchrun / accelerate launch / MPI
+    (launched_processes() > 1) from Accelerate's PartialState, whose device (e.g. cuda:<local rank>)
+    is used when `device` is None; else (0, 1, None, device), logging `one_process_notice()` if any."""
+    if launched_processes() <= 1:
+        notice = one_process_notice()
+        if notice:
+            log.warning(notice)
         return 0, 1, None, device
     from accelerate import PartialState
 

@@ -1,6 +1,7 @@
 """The Metrics page's Plotly figures, built from clara_app.tables rows: per-class bars of every run
 beside the published CLARA numbers (one panel per dataset), row-normalised confusion matrices
-(training's PNG, counts on hover) and training curves. One colour per series in every view;
+(training's PNG, counts on hover; square cells, at most CONFUSION_PER_ROW side by side) and training
+curves. One colour per series in every view;
 a series measured on synthetic data is hatched and faded, and its name says so; a figure of one
 synthetic run is labelled so in its corner. Titles stay outside the figures (the page writes
 them), so none sits under the chart toolbar; small figures are drawn without Plotly's (STATIC).
@@ -23,6 +24,8 @@ SYNTHETIC_OPACITY = 0.55
 SYNTHETIC_NOTE = "Hatched, faded: synthetic data (a demo), not comparable with the published numbers"
 ONLY_F1_PUBLISHED = "CLARA's papers publish per-class F1 only: no published bars for {metric}"
 CONFUSION_SCALE = "Blues"  # as training's confusion_matrix.png
+CONFUSION_PER_ROW = 2  # matrices side by side: at 1280 px three squeeze the cells below their text
+CONFUSION_CELL, CONFUSION_BASE_HEIGHT = 80, 100  # px per class, and for the axis labels and the mark
 STATIC = {"displayModeBar": False}  # st.plotly_chart config of the confusion matrices and curves
 
 
@@ -76,8 +79,11 @@ def confusion_figure(labels: Sequence[str], counts: Sequence[Sequence[int]], syn
         textfont={"size": 11}, colorscale=CONFUSION_SCALE, zmin=0.0, zmax=1.0,
         colorbar={"title": {"text": "share", "side": "right"}, "thickness": 8, "tickformat": ".0%"},
         hovertemplate="true %{y}, predicted %{x}<br>%{customdata} posts (%{z:.1%} of true %{y})<extra></extra>"))
-    figure.update_layout(xaxis_title="predicted", yaxis_title="true", height=360, yaxis_autorange="reversed",
-                         margin={"t": 30, "b": 20, "l": 10, "r": 10})
+    # Square cells (y scaled to x, the plot shrunk to fit), labels level and given the margin they need.
+    figure.update_xaxes(title_text="predicted", tickangle=0, automargin=True, constrain="domain", side="bottom")
+    figure.update_yaxes(title_text="true", autorange="reversed", automargin=True, scaleanchor="x", constrain="domain")
+    figure.update_layout(height=CONFUSION_BASE_HEIGHT + CONFUSION_CELL * len(labels),
+                         margin={"t": 30, "b": 10, "l": 10, "r": 10})
     if synthetic:
         mark_synthetic(figure)
     return figure

@@ -17,16 +17,19 @@ from plotly.subplots import make_subplots
 from PIL import Image
 
 from clara.explain import PatchGrid, crop_box
-from clara.explain.render import AGAINST_RGB, FOR_RGB
+from clara.explain.colours import CROP_OUTLINE_COLOURS, colour_limits, stops
 
-# Transparent at 0, so that no heat leaves the picture visible; YlOrRd above it.
-SEQUENTIAL_SCALE = [[0.0, "rgba(255, 255, 204, 0)"], [0.15, "rgba(255, 237, 160, 0.45)"],
-                    [0.4, "rgba(254, 178, 76, 0.65)"], [0.7, "rgba(252, 78, 42, 0.8)"],
-                    [1.0, "rgba(128, 0, 38, 0.9)"]]
-# Red (against the explained class) - transparent at 0 - green (for it): the word highlighter's colours.
-DIVERGING_SCALE = [[0.0, f"rgba({AGAINST_RGB}, 0.9)"], [0.5, "rgba(255, 255, 255, 0)"],
-                   [1.0, f"rgba({FOR_RGB}, 0.9)"]]
-CROP_LINE = dict(color="white", width=2, dash="dash")  # drawn over a black line: visible on any picture
+
+def plotly_scale(signed: bool) -> list[list[Any]]:
+    """The library's diverging (signed) or sequential scheme (clara.explain.colours) as a plotly colorscale."""
+    return [[position, f"rgba({rgb}, {alpha:g})"] for position, rgb, alpha in stops(signed)]
+
+
+# Transparent at 0, so that no heat leaves the picture visible: the schemes scripts/explain.py draws too.
+SEQUENTIAL_SCALE = plotly_scale(signed=False)
+DIVERGING_SCALE = plotly_scale(signed=True)  # red (against the explained class) - clear at 0 - green (for it)
+CROP_UNDERLINE = dict(color=CROP_OUTLINE_COLOURS[0], width=3)
+CROP_LINE = dict(color=CROP_OUTLINE_COLOURS[1], width=2, dash="dash")  # over CROP_UNDERLINE: visible on any picture
 PATCH_LINE = dict(color="#00b7ff", width=4)
 DISPLAY_MAX_SIDE = 480  # px of the picture sent to the browser (the heat grid is far coarser)
 ATTENTION_COLOUR, RELEVANCY_COLOUR = "#7f7f7f", "#d62728"
@@ -49,9 +52,8 @@ def image_source(image: Image.Image, max_side: int = DISPLAY_MAX_SIDE) -> tuple[
 
 def colour_range(values: np.ndarray, signed: bool) -> dict[str, float]:
     """zmin/zmax of a heatmap: symmetric around 0 for signed values, from 0 otherwise."""
-    peak = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
-    peak = peak if peak > 0 else 1.0
-    return dict(zmin=-peak, zmax=peak, zmid=0.0) if signed else dict(zmin=0.0, zmax=peak)
+    low, high = colour_limits(values, signed)
+    return dict(zmin=low, zmax=high, zmid=0.0) if signed else dict(zmin=low, zmax=high)
 
 
 def patch_centres(box: tuple[int, int, int, int], grid_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +126,7 @@ def heatmap_figure(image: Image.Image, heatmap: np.ndarray, grid: PatchGrid, *, 
                    name=PATCH_TARGETS, showlegend=False),
     ])
     x0, y0, x1, y1 = box
-    for line in (dict(color="black", width=3), CROP_LINE):  # the crop the model sees
+    for line in (CROP_UNDERLINE, CROP_LINE):  # the crop the model sees
         figure.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=line, name="model crop")
     if patch is not None:
         px0, py0, px1, py1 = patch_rect(box, grid.grid_size, patch)

@@ -4,7 +4,9 @@ and OCR, and the widget values each page asks to keep while another page is show
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,6 @@ from typing import Any
 import streamlit as st
 
 from clara import catalog
-from clara.inference import Predictor
 from clara.inputs import check_image_upload
 from clara import ocr
 
@@ -99,10 +100,26 @@ def current_entry() -> catalog.CheckpointEntry | None:
     return catalog.read_checkpoint_entry(path, checkpoints_dir(), results_roots=())
 
 
-@st.cache_resource(max_entries=3, show_spinner="Loading the model…")
+@st.cache_resource(max_entries=3, show_spinner="Loading the model (and, the first time after a server start, "
+                                               "PyTorch and Transformers)…")
 def _load_predictor(path: str, mtime: float) -> Any:
     # `mtime` is only part of the cache key: a checkpoint rewritten in place is loaded again.
+    from clara.inference import Predictor  # PyTorch and Transformers: Home and the sidebar never pay for them
     return Predictor.from_checkpoint(path)
+
+
+def device_line() -> str:
+    """Home's device line (markdown). Before any page has loaded a model this server has not imported
+    PyTorch (~2 s of CPU), so the line says when the device gets chosen instead of importing it."""
+    if "torch" not in sys.modules:
+        return (f"**Device in use:** chosen by PyTorch (torch {importlib.metadata.version('torch')}) when a page "
+                "first loads the model; this line names it from then on")
+    import torch
+
+    from clara.precision import default_device  # the device the model loader uses
+
+    cuda = f"CUDA available: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU found"
+    return f"**Device in use:** `{default_device()}` · torch {torch.__version__} · {cuda}"
 
 
 def predictor_for(path: str | Path) -> Any:

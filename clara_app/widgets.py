@@ -1,6 +1,6 @@
 """Page elements more than one page draws: the demo (or synthetic-data) banner, the sidebar, tables
-without "None" cells, the post picker of the explanation pages, and user text shown literally in
-markdown."""
+without "None" cells, the grid of confusion matrices, the post picker of the explanation pages, and
+user text shown literally in markdown."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -11,7 +11,7 @@ import streamlit as st
 
 from clara.catalog import CheckpointEntry
 from clara.inputs import check_image_upload
-from clara_app import state
+from clara_app import charts, state, tables
 from clara_app.gallery import load_examples
 
 POST_PICKER = "explain_post"  # the post picker's select box, shared by the Attention and Attributions pages
@@ -55,6 +55,17 @@ def table(rows: Sequence[Mapping[str, Any]], key: str, column_config: Mapping[st
     """Rows as a dataframe without an index; an empty cell shows MISSING, never "None"."""
     st.dataframe(pd.DataFrame(list(rows)), hide_index=True, key=key, column_config=column_config,
                  placeholder=MISSING)
+
+
+def confusion_grid(matrices: Sequence[tuple[Any, tuple[Sequence[str], Sequence[Sequence[int]]]]],
+                   per_row: int = charts.CONFUSION_PER_ROW) -> None:
+    """(run, (labels, counts)) pairs as confusion matrices, `per_row` side by side, each under its run's name."""
+    for start in range(0, len(matrices), per_row):
+        columns = st.columns(per_row, gap="large")
+        for column, (run, (labels, counts)) in zip(columns, matrices[start:start + per_row]):
+            column.markdown(f"**{tables.series_label(run)}** · {tables.dataset_title(run.dataset)}")
+            column.plotly_chart(charts.confusion_figure(labels, counts, run.synthetic), key=f"confusion_{run.name}",
+                                config=charts.STATIC)
 
 
 def pick_post() -> state.Post | None:

@@ -3,6 +3,7 @@ token) per layer and head, beside the class-specific co-attention relevancy (an 
 import streamlit as st
 
 from clara.explain import NoFusionAttentionError, crop_box
+from clara.explain.colours import MAP_SCALES
 from clara.explain.render import highlight_words_html, legend_html
 from clara.inputs import check_image_upload
 from clara_app import figures, state, widgets
@@ -68,11 +69,11 @@ st.header("Raw attention beside relevancy")
 st.caption(figures.CROP_NOTE + " Each map has its own colour scale (bar on its right).")
 left, right = st.columns(2)
 left.plotly_chart(figures.heatmap_figure(image, maps.text_to_image_map(layer_index, head_index), maps.grid,
-                                         signed=False, colorbar_title="attention weight",
-                                         title="Attention: text tokens → patches (mean over words)"),
+                                         signed=False, colorbar_title=MAP_SCALES["attention"].label,
+                                         title=MAP_SCALES["attention"].title),
                   key="attention_map")
 right.plotly_chart(figures.heatmap_figure(image, relevancy.patch_scores, maps.grid, signed=False,
-                                          colorbar_title="relevancy",
+                                          colorbar_title=MAP_SCALES["relevancy"].label,
                                           title=f"Relevancy of each patch for “{target}” (all layers)"),
                    key="relevancy_map")
 st.plotly_chart(figures.attention_relevancy_bars(words, maps.image_to_text_weights(layer_index, head_index),

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from clara.explain import EXPLAIN_DEFAULTS, PatchGrid
+from clara.explain.colours import MAP_SCALES
 from clara.explain.render import highlight_words_html, legend_html
 from clara.inputs import check_image_upload
 from clara_app import figures, state, widgets
@@ -141,10 +142,9 @@ if image_results:
                f"“{explanation.target}”, red lowers it.")
     grid = PatchGrid(image_size=explanation.image_size, patch_size=explanation.patch_size,
                              grid_size=explanation.grid_size)
-    colour_titles = {"image_ig": "IG score (p)", "occlusion": "drop of p if hidden"}
     for column, (name, result) in zip(st.columns(len(image_results)), image_results):
-        column.plotly_chart(figures.heatmap_figure(image, result.patch_scores, grid, signed=True,
-                                                   colorbar_title=colour_titles[name], title=f"{METHODS[name]}"),
+        column.plotly_chart(figures.heatmap_figure(image, result.patch_scores, grid, signed=MAP_SCALES[name].signed,
+                                                   colorbar_title=MAP_SCALES[name].label, title=f"{METHODS[name]}"),
                             key=f"map_{name}")
 
 if explanation.deletion:

@@ -3,9 +3,11 @@ class, each with its image, text, probabilities and, on request, an explanation.
 import streamlit as st
 
 from clara import batch, catalog
-from clara.explain import overlay_image
+from clara.data.images import open_image
+from clara.explain import PatchGrid
+from clara.explain.colours import MAP_SCALES
 from clara.explain.render import highlight_words_html, legend_html
-from clara_app import state, tables, widgets
+from clara_app import figures, state, tables, widgets
 
 PAGE_SIZE = 6
 ANY = "any"
@@ -73,6 +75,10 @@ for record in selected[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]:
                 right.markdown("Relevancy for the predicted class: " + highlight_words_html(
                     explanation.words, explanation.relevancy.word_scores), unsafe_allow_html=True)
                 right.caption(legend_html(explanation.target), unsafe_allow_html=True)
-                left.image(overlay_image(str(image_path), explanation.relevancy.patch_scores, alpha=0.55,
-                                         image_size=explanation.image_size),
-                           caption="relevancy", width="stretch")
+                grid = PatchGrid(image_size=explanation.image_size, patch_size=explanation.patch_size,
+                                 grid_size=explanation.grid_size)
+                scale = MAP_SCALES["relevancy"]
+                left.plotly_chart(figures.heatmap_figure(open_image(image_path),
+                                                         explanation.relevancy.patch_scores, grid, signed=scale.signed,
+                                                         colorbar_title=scale.label, height=260),
+                                  key=f"relevancy_{record.id}")

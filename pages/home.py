@@ -50,12 +50,9 @@ st.caption("Metrics are in percent. `test` means the test split of the run that 
            "(a data folder), or `not recorded`.")
 
 entry = by_path[st.session_state[PICKER]]
-predictor = state.predictor_for(entry.path)
-import torch  # noqa: E402  (after the model is loaded, so the page shows up first)
-
-device = str(getattr(predictor, "device", "cpu"))
-cuda = f"CUDA available: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU found"
-st.markdown(f"**Device in use:** `{device}` · torch {torch.__version__} · {cuda}")
+# Home reads only the checkpoints' JSON files and imports no PyTorch; the first page that predicts loads
+# the model (cached from then on), so Home draws in about a second (docs/BENCHMARKS.md, "Dashboard").
+st.markdown(state.device_line())
 left, right = st.columns(2)
 left.markdown(f"**Dataset:** {entry.dataset} · **protocol:** {entry.protocol}  \n"
               f"**Labels:** {', '.join(entry.labels)}  \n**Encoders:** {entry.encoders} · **fusion:** {entry.fusion}")

@@ -1,13 +1,67 @@
 """Metrics: test results of every run found (checkpoints' results folders and results/), compared across
-datasets with the published CLARA numbers of every dataset; runs on synthetic data marked everywhere."""
+datasets with the published CLARA numbers of every dataset; runs on synthetic data marked everywhere.
+A run still training is shown first, from the history its `last` checkpoint rewrites each epoch."""
+import time
+from typing import Any
+
 import streamlit as st
 
+from clara.evaluate.results import RunInProgress, read_run_in_progress
 from clara_app import charts, state, tables, widgets
 
 PERCENT = {m: st.column_config.NumberColumn(m, format="%.2f") for m in
            (*tables.HEADLINE_METRICS, "precision", "recall", "f1")}
+REFRESH_SECONDS = 10  # how often the runs in progress are read again, while the toggle is on
+
+
+def draw_curves(history: list[dict[str, Any]], synthetic: bool | None, key: str) -> None:
+    """Loss curves (left) and validation metrics (right) over the epochs of one history."""
+    columns = list(dict.fromkeys(k for entry in history for k in entry))
+    losses = [c for c in columns if c.endswith("loss")]
+    scores = [c for c in columns if c.startswith("val_") and c not in losses
+              and c.removeprefix("val_") in tables.HEADLINE_METRICS]
+    left, right = st.columns(2)
+    if losses:
+        left.caption("loss")
+        left.plotly_chart(charts.curves_figure(history, losses, synthetic), key=f"loss_{key}", config=charts.STATIC)
+    if scores:
+        right.caption("validation")
+        right.plotly_chart(charts.curves_figure(history, scores, synthetic), key=f"val_{key}", config=charts.STATIC)
+
+
+def runs_in_progress() -> list[tuple[str, RunInProgress]]:
+    """(catalogue name, run) of every checkpoint folder that is the `last` checkpoint of a run still training."""
+    found = [(entry.name, read_run_in_progress(entry.path)) for entry in state.list_checkpoints()]
+    return [(name, run) for name, run in found if run is not None]
+
+
+def show_runs_in_progress(names: list[str]) -> None:
+    """The runs training now, read again on each refresh; the whole page again once one has ended
+    (its results then join the sections below)."""
+    current = runs_in_progress()
+    if set(names) - {name for name, _ in current}:
+        st.rerun()
+    for name, run in current:
+        label = tables.marked_name(name, run.synthetic)
+        if run.problem:
+            st.warning(f"**{label}**: cannot show its progress: {run.problem}")
+            continue
+        seconds = max(time.time() - (run.updated or time.time()), 0.0)
+        age = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+        st.markdown(f"**{label}** · {tables.dataset_title(run.dataset)} · {run.status} · last epoch written "
+                    f"{age} ago")
+        draw_curves(run.history, run.synthetic, f"live_{name}")
+
 
 st.title("Metrics")
+live = runs_in_progress()
+if live:
+    st.header("Training in progress")
+    refresh = st.toggle(f"Refresh every {REFRESH_SECONDS} s", value=True, key="metrics_live_refresh")
+    st.caption("From the history each run's `last` checkpoint rewrites after every epoch; a run that was stopped "
+               "looks the same until `--resume` continues it. Step-by-step curves: TensorBoard "
+               "(`tensorboard --logdir OUT/tracking`).")
+    st.fragment(run_every=REFRESH_SECONDS if refresh else None)(show_runs_in_progress)([name for name, _ in live])
 runs = state.list_results()
 if not runs:
     st.info(f"No results yet: training writes them to results/<dataset>/ (e.g. `{state.TRAIN_COMMAND}`).")
@@ -42,31 +96,15 @@ st.caption("Share of each true class (row) given each predicted label, as in tra
            "the number of posts in brackets and on hover.")
 matrices = [(run, tables.confusion_matrix(run)) for run in runs]
 matrices = [(run, m) for run, m in matrices if m is not None]
-# At least three columns, so that one run's matrix does not fill the page.
-for column, (run, (labels, matrix)) in zip(st.columns(max(len(matrices), 3)), matrices):
-    column.markdown(f"**{tables.series_label(run)}** · {tables.dataset_title(run.dataset)}")
-    column.plotly_chart(charts.confusion_figure(labels, matrix, run.synthetic), key=f"confusion_{run.name}",
-                        config=charts.STATIC)
+widgets.confusion_grid(matrices)
 
 st.header("Training curves")
 for run in runs:
     history = tables.history_rows(run)
     if not history or "epoch" not in history[0]:
         continue
-    columns = list(dict.fromkeys(k for entry in history for k in entry))
-    losses = [c for c in columns if c.endswith("loss")]
-    scores = [c for c in columns if c.startswith("val_") and c not in losses
-              and c.removeprefix("val_") in tables.HEADLINE_METRICS]
     st.markdown(f"**{tables.series_label(run)}** · {tables.dataset_title(run.dataset)}")
-    left, right = st.columns(2)
-    if losses:
-        left.caption("loss")
-        left.plotly_chart(charts.curves_figure(history, losses, run.synthetic), key=f"loss_{run.name}",
-                          config=charts.STATIC)
-    if scores:
-        right.caption("validation")
-        right.plotly_chart(charts.curves_figure(history, scores, run.synthetic), key=f"val_{run.name}",
-                           config=charts.STATIC)
+    draw_curves(history, run.synthetic, run.name)
 
 ablations = tables.ablation_rows(runs)
 if ablations:

@@ -259,6 +259,9 @@ def test_errors_page(app, app_folders):
     assert f"{len(shown)} post(s) match." in texts(at.caption)
     check(at.button(key=f"explain_{first.id}").click().run())
     assert "Relevancy for the predicted class" in texts(at.markdown)
+    [relevancy_map] = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]  # with its colour bar
+    [heatmap] = [trace for trace in relevancy_map["data"] if trace["type"] == "heatmap"]
+    assert heatmap["colorbar"]["title"]["text"] == "relevancy"
 
 
 def test_batch_page_on_the_examples_and_an_upload(app):

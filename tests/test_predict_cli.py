@@ -109,6 +109,7 @@ def test_batch_csv_reports_bad_rows_and_predicts_the_rest(checkpoint, tmp_path, 
     (["--checkpoint", "{ck}", "--csv", "{tmp}", "--out", "{tmp}/o.csv"], r"--csv .* is a folder"),
     (["--checkpoint", "{ck}", "--csv", "{nocol}", "--out", "{nocol}"], r"--out .*nocol.csv is the input CSV"),
     (["--checkpoint", "{ck}", "--image", "{post}", "--text", "abc\udcff"], "not valid Unicode at position 3"),
+    (["--checkpoint", "{ck}", "--csv", "{nocol}", "--out", "{tmp}/o.csv", "--ocr"], "--ocr reads the text of one post"),
 ])
 def test_bad_input_exits_2_with_one_line(checkpoint, post, tmp_path, capsys, args, message):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -183,3 +184,53 @@ def test_a_scoring_job_that_cannot_start_exits_2_with_one_line(checkpoint, tmp_p
     assert len(err.splitlines()) == 1 and err.startswith("predict.py: error: ")
     import re
     assert re.search(message, err), err
+
+
+def _bundled_meme() -> tuple[Path, list[str]]:
+    """The gallery's meme and the words OCR must read in it (as tests/test_ocr.py takes them)."""
+    from _app_utils import EXAMPLES_DIR
+
+    entry = next(e for e in json.loads((EXAMPLES_DIR / "examples.json").read_text()) if e["name"].startswith("meme_"))
+    return EXAMPLES_DIR / entry["image"], entry.get("image_text", "").lower().split() or [entry["note"].split("'")[1]]
+
+
+def test_ocr_reads_the_bundled_meme_and_says_so(checkpoint, capsys, monkeypatch):
+    from clara import ocr
+
+    assert ocr.rapidocr_available(), "rapidocr + onnxruntime are in requirements.txt: pip install -r requirements.txt"
+    monkeypatch.setattr(ocr, "tesseract_available", lambda: False)  # only what requirements.txt installs
+    image, expected = _bundled_meme()
+    read = []
+    real_predict = Predictor.predict
+
+    def recording(self, images, texts, **kwargs):
+        read.extend(texts)
+        return real_predict(self, images, texts, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", recording)
+    main = load_script().main
+    assert main(["--checkpoint", str(checkpoint), "--image", str(image), "--ocr", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] in ("positive", "neutral", "negative")
+    [note] = [line for line in captured.err.splitlines() if "OCR" in line]
+    assert note.startswith("predict.py: text read from the image by OCR (rapidocr")
+    assert set(expected) <= set(read[-1].split()) and all(word in note for word in expected)
+    # typed text comes first, the image's text after it (the app's default "both")
+    assert main(["--checkpoint", str(checkpoint), "--image", str(image), "--text", "so true", "--ocr", "rapidocr",
+                 "--device", "cpu"]) == 0
+    assert read[-1].startswith("so true ") and set(expected) <= set(read[-1].split())
+
+
+def test_ocr_without_an_engine_is_one_line_saying_what_to_install(checkpoint, post, capsys, monkeypatch):
+    from clara import ocr
+
+    monkeypatch.setattr(ocr, "rapidocr_available", lambda: False)
+    monkeypatch.setattr(ocr, "tesseract_available", lambda: False)
+    for engine in ([], ["tesseract"]):
+        assert load_script().main(["--checkpoint", str(checkpoint), "--image", str(post), "--ocr", *engine]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("predict.py: error: --ocr: ")
+        assert "not installed" in err and "pip install rapidocr onnxruntime" in err
+    with pytest.raises(SystemExit, match="2"):  # argparse's own one line
+        load_script().main(["--checkpoint", str(checkpoint), "--image", str(post), "--ocr", "easyocr"])
+    assert "argument --ocr: invalid choice: 'easyocr'" in capsys.readouterr().err

@@ -19,7 +19,6 @@ import platform
 import shutil
 import subprocess
 import uuid
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,29 +35,16 @@ from clara.config import Config, ConfigError
 from clara.data.provenance import describe_data_folder
 from clara.jsonio import to_jsonable
 from clara.checkpoint.card import write_model_card
+from clara.checkpoint.info import (CONFIG_FIELDS, CONFIG_FILE, FORMAT_VERSION, HISTORY_FILE, METRICS_FILE,  # noqa: F401
+                                   OLD_MARK, TMP_MARK, TOKENIZER_DIR, TRAINING_STATE_JSON, TRAINING_STATE_TENSORS,
+                                   WEIGHTS_FILE, CheckpointError, aside_copies, checkpoint_config,
+                                   read_checkpoint_info, read_json_object, resolve_folder, weights_mode)
 from clara.checkpoint.weights_check import WeightsError, check_weights
 from clara.locks import lock_temporary_folder, release_temporary_folder, remove_abandoned_folders
 from clara.model import EncoderError, create_model
 from clara.untrusted import UntrustedFolderError, check_model_folder
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
-TRAINING_STATE_TENSORS = "training_state.safetensors"
-TRAINING_STATE_JSON = "training_state.json"
-CONFIG_FIELDS = {"config", "labels", "dataset", "protocol", "encoders", "image", "params", "versions",
-                 "git_commit", "created", "format_version", "weights", "source", "data", "extra"}
-# Sibling folders used while saving: .<name>.tmp-<hex> (being written), .<name>.old-<hex> (the
-# previous checkpoint, between rename-aside and delete when no atomic exchange is available).
-TMP_MARK, OLD_MARK = ".tmp-", ".old-"
 MAX_KEYS_SHOWN = 10
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that is incomplete or does not match this code; the message says what differs."""
 
 
 @dataclass
@@ -74,14 +60,6 @@ class LoadedCheckpoint:
 
 
 # --------------------------------------------------------------------------- what is stored
-
-def weights_mode(cfg: Config) -> str:
-    """`trainable` for published (hub / local folder) encoders, `full` for the offline ones and for
-    runs that fine-tune the encoders fully (train.full_finetune_from_epoch: every weight changes)."""
-    if cfg.model.encoders != "published" or cfg.train.full_finetune_from_epoch is not None:
-        return "full"
-    return "trainable"
-
 
 def _pretrained_prefixes(model: nn.Module) -> list[str]:
     """Name prefixes of the transformers models inside `model` (the encoders' base weights)."""
@@ -189,6 +167,11 @@ def _checkpoint_info(model: nn.Module, cfg: Config, mode: str, extra: Mapping[st
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     encoders = {"kind": cfg.model.encoders, "vision": cfg.model.vision_encoder, "text": cfg.model.text_encoder}
+    config = cfg.to_dict()
+    built = getattr(model, "config", None)
+    for name in ("vision_lora_targets", "text_lora_targets"):  # as resolved for the architecture: a reload is exact
+        if isinstance(getattr(built, name, None), tuple):
+            config["model"][name] = getattr(built, name)
     return {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.data.dataset,
@@ -204,7 +187,7 @@ def _checkpoint_info(model: nn.Module, cfg: Config, mode: str, extra: Mapping[st
         "source": source if source is not None else {"kind": "clara"},
         "data": data,
         "extra": extra,
-        "config": cfg.to_dict(),
+        "config": config,
     }
 
 
@@ -289,64 +272,14 @@ def _swap_in(tmp: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def _aside_copies(target: Path) -> list[Path]:
-    """Previous checkpoints left beside `target` by a save interrupted between its two renames."""
-    if not target.parent.is_dir():
-        return []
-    found = [p for p in target.parent.glob(f".{target.name}{OLD_MARK}*") if (p / CONFIG_FILE).is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def _recover_interrupted_swap(target: Path) -> None:
     """Before saving: put back a previous checkpoint that an interrupted save left aside."""
-    aside = _aside_copies(target)
+    aside = aside_copies(target)
     if not target.exists() and aside:
         os.replace(aside[0], target)
 
 
 # --------------------------------------------------------------------------- loading
-
-def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """config.json of a checkpoint folder, checked for completeness and version (no model built)."""
-    folder = _resolve_folder(Path(path).expanduser())
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"no {name} in {folder}: incomplete checkpoint (was training interrupted?)")
-    if not (folder / TOKENIZER_DIR).is_dir():
-        raise CheckpointError(f"no {TOKENIZER_DIR}/ folder in {folder}: incomplete checkpoint "
-                              "(was training interrupted?)")
-    info = _read_json_object(folder / CONFIG_FILE)
-    version = info.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: format_version {version!r} is not supported by this code "
-                              f"(it reads format_version {FORMAT_VERSION})")
-    unknown = sorted(set(info) - CONFIG_FIELDS)
-    if unknown:
-        raise CheckpointError(f"{folder / CONFIG_FILE} has unknown fields {unknown}; "
-                              "was it written by another version of clara?")
-    missing = sorted({"config", "labels", "weights"} - set(info))
-    if missing:
-        raise CheckpointError(f"{folder / CONFIG_FILE} lacks the fields {missing}")
-    info["path"] = str(folder)
-    return info
-
-
-def checkpoint_config(info: Mapping[str, Any]) -> Config:
-    """The Config recorded in a checkpoint's config.json, checked against its labels."""
-    try:
-        cfg = Config.from_dict(info["config"])
-        cfg.validate()
-    except (ConfigError, TypeError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{info.get('path', 'checkpoint')}: config.json's config does not fit this code: "
-                              f"{exc}") from None
-    if list(info["labels"]) != list(cfg.labels):
-        raise CheckpointError(f"{info.get('path', 'checkpoint')}: config.json labels {info['labels']} differ from "
-                              f"the labels of dataset {cfg.data.dataset} {cfg.labels}")
-    if info["weights"] != weights_mode(cfg):
-        raise CheckpointError(f"{info.get('path', 'checkpoint')}: weights {info['weights']!r} but encoders "
-                              f"{cfg.model.encoders!r} store {weights_mode(cfg)!r} weights")
-    return cfg
-
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     overrides: Mapping[str, Any] | None = None) -> LoadedCheckpoint:
@@ -401,23 +334,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 def read_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The (tensors, JSON payload) that save_checkpoint's `training_state` wrote into a checkpoint
     folder; CheckpointError when the folder has none or they are unreadable."""
-    folder = _resolve_folder(Path(path).expanduser())
+    folder = resolve_folder(Path(path).expanduser())
     for name in (TRAINING_STATE_JSON, TRAINING_STATE_TENSORS):
         if not (folder / name).is_file():
             raise CheckpointError(f"no {name} in {folder}: it holds no training state to resume from "
                                   "(written by an older clara, or not the last checkpoint of a training run)")
-    payload = _read_json_object(folder / TRAINING_STATE_JSON)
+    payload = read_json_object(folder / TRAINING_STATE_JSON)
     return _read_weights(folder / TRAINING_STATE_TENSORS), payload
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not readable JSON: {exc}") from None
-    if not isinstance(content, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return content
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -455,17 +378,3 @@ def _check_keys(folder: Path, stored: Mapping[str, torch.Tensor], expected: Mapp
                 f"but {tuple(tensor.shape)} in the model config.json describes ({len(cfg.labels)} classes for "
                 f"{cfg.data.dataset}, encoders {cfg.model.encoders}); was config.json edited or copied from "
                 "another checkpoint?")
-
-
-def _resolve_folder(folder: Path) -> Path:
-    if folder.is_dir():
-        return folder
-    if folder.exists():
-        raise CheckpointError(f"{folder} is not a folder: a checkpoint is a folder holding {CONFIG_FILE}, "
-                              f"{WEIGHTS_FILE} and {TOKENIZER_DIR}/")
-    aside = _aside_copies(folder)
-    if aside:
-        warnings.warn(f"{folder} is missing but an interrupted save left the previous checkpoint at {aside[0]}; "
-                      "loading that one (the next save puts it back)", stacklevel=3)
-        return aside[0]
-    raise CheckpointError(f"checkpoint folder {folder} does not exist")

@@ -7,7 +7,8 @@ Defaults (methods, integration steps) are the library's, clara.explain.EXPLAIN_D
 dashboard reads too; deletion curves only when asked for (--methods ... deletion).
 
 Writes to --out: overlay_<method>.png for each image method computed (attention, relevancy,
-image_ig, occlusion; drawn on the original image, the center crop the model sees highlighted),
+image_ig, occlusion; drawn on the original image, the centre crop the model sees outlined, with a
+labelled colour bar: sequential for attention/relevancy, diverging around 0 for signed scores),
 words.html (each word shaded by its score, one row per method: green for the explained class, red
 against it) and scores.json (prediction, per-word and per-patch scores, convergence deltas,
 modality share, deletion curves, timings).
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from clara.cli import OneLineParser, program_name, report_error, run_main
-from clara.explain import EXPLAIN_DEFAULTS, METHODS, Explainer, overlay
+from clara.explain import EXPLAIN_DEFAULTS, METHODS, Explainer
 from clara.explain.render import words_page_html
 
 PROG = program_name("explain.py")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None,
                         help=f"evaluations at most (default {EXPLAIN_DEFAULTS.max_steps}, or --steps if larger; "
                              "equal to --steps: no refinement)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity at full heat (default 0.5)")
+    parser.add_argument("--alpha", type=float, default=0.7, help="overlay opacity at full heat (default 0.7)")
     args = parser.parse_args(argv)
 
     methods = [m for item in args.methods for m in item.split(",") if m]
@@ -93,14 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=lambda method, done, total: print(
                                         f"[{done}/{total}] {method}", file=sys.stderr, flush=True))
 
-    from PIL import Image
+    from clara.explain.colours import MAP_SCALES
+    from clara.explain.plots import heatmap_figure, save_figure
 
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     for method, grid in explanation.heatmaps().items():
-        path = args.out / f"overlay_{method}.png"
-        Image.fromarray(overlay(image, grid, alpha=args.alpha, image_size=explanation.image_size)).save(path)
-        written.append(path.name)
+        scale = MAP_SCALES[method]
+        figure = heatmap_figure(image, grid, signed=scale.signed, label=scale.label,
+                                image_size=explanation.image_size, opacity=args.alpha,
+                                title=scale.title if method == "attention"  # raw attention explains no class
+                                else f"{scale.title} · explained class: {explanation.target}")
+        written.append(save_figure(figure, args.out / f"overlay_{method}.png").name)
     if explanation.word_scores():
         page = words_page_html(explanation.words, explanation.word_scores(), explanation.label, explanation.probs,
                                explanation.target)

@@ -1,13 +1,17 @@
 """Predict the sentiment (or sarcasm) of image + text posts with a trained checkpoint.
 
     python scripts/predict.py --checkpoint checkpoints/clara_mvsa_single_best --image post.jpg --text "what a day" [--json]
+    python scripts/predict.py --checkpoint DIR --image meme.jpg --ocr            # the text read from the image
     python scripts/predict.py --checkpoint DIR --csv posts.csv --out predictions.csv
     python scripts/predict.py --checkpoint DIR --input posts.parquet --out scores/      # also .csv, .jsonl, a folder
     torchrun --nproc_per_node 2 scripts/predict.py --checkpoint DIR --input posts.parquet --out scores/
+    accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes 2 scripts/predict.py ... --device cpu
     python scripts/predict.py --checkpoint DIR --input posts.parquet --out scores/ --engine ray [--ray-address auto]
 
 One post: prints the label, the class probabilities and the uncertainty (--json: one JSON object
-with the text-only and image-only probabilities too).
+with the text-only and image-only probabilities too). --ocr reads the text in the image (clara.ocr:
+rapidocr, or tesseract when installed; --ocr tesseract to choose) and the model reads it after
+--text, as the app does by default; stderr says which engine read what.
 
 --csv: the input CSV has the columns `image_path` (or `image`) and `text`, optionally `id` and a
 true `label` (image paths relative to the CSV's folder, or absolute); the output is clara's
@@ -21,8 +25,9 @@ the error column, and the others are still predicted (exit 0 once the output is 
 label, predicted, prob_<label>..., text_only_prob_<label>..., image_only_prob_<label>...,
 uncertainty, text_truncated, error, error_kind) and _manifest.json. Run the same command again
 after a crash: finished shards are kept, the others are scored. Under torchrun or accelerate
-launch each process takes every n-th shard. --engine ray runs it on Ray Data (pip install
-"ray[data]"): a local cluster, or an existing one with --ray-address (ray.init(address=...)).
+launch (on CPUs with configs/accelerate/cpu.yaml) each process takes every n-th shard.
+--engine ray runs it on Ray Data (pip install "ray[data]"): a local cluster, or an existing one
+with --ray-address (ray.init(address=...)).
 
 Images and texts are checked by the app's rules (clara.inputs). Exit status 2 with one line on
 stderr for a missing or bad checkpoint, an unusable image or text (one post), an unusable input,
@@ -42,10 +47,17 @@ from typing import Any, NoReturn
 from clara.cli import OneLineParser, program_name, report_error, run_main
 
 PROG = program_name("predict.py")
+OCR_AUTO = "auto"  # --ocr without an engine: the first installed (clara.ocr.OCR_ENGINES)
 
 
 def _fail(message: str) -> int:
     return report_error(PROG, message)
+
+
+def _ocr_engines() -> tuple[str, ...]:
+    from clara.ocr import OCR_ENGINES
+
+    return OCR_ENGINES
 
 
 def _predictor_spec(args: argparse.Namespace, device: str | None = None) -> Any:
@@ -70,6 +82,15 @@ def predict_one(args: argparse.Namespace) -> int:
         text = check_text(args.text, allow_empty=True)
     except InputError as exc:
         return _fail(str(exc))
+    if args.ocr is not None:
+        from clara.ocr import OCRUnavailableError
+
+        try:
+            text = check_text(_ocr_text(image, text, args.ocr), allow_empty=True)
+        except OCRUnavailableError as exc:
+            return _fail(f"--ocr: {exc}")
+        except InputError as exc:
+            return _fail(str(exc))
     try:
         predictor = _predictor_spec(args).load()
     except CheckpointError as exc:
@@ -77,6 +98,19 @@ def predict_one(args: argparse.Namespace) -> int:
     [prediction] = predictor.predict([image], [text])
     print(json.dumps(prediction.to_dict(), indent=2) if args.json else format_prediction(prediction))
     return 0
+
+
+def _ocr_text(image: Any, typed: str, engine: str) -> str:
+    """The post text followed by the text OCR reads in `image` (said on stderr). Raises
+    clara.ocr.OCRUnavailableError when that engine (or, for OCR_AUTO, every engine) is not installed."""
+    from clara import ocr
+    from clara.inputs import compose_text
+
+    result = ocr.read_image_text(image, None if engine == OCR_AUTO else engine)
+    read = " ".join(result.text.split())
+    print(f"{PROG}: text read from the image by OCR ({result.engine}, confidence {result.confidence:.0f}%): "
+          f"{read!r}" if read else f"{PROG}: OCR ({result.engine}) found no text in the image", file=sys.stderr)
+    return compose_text(typed, read)
 
 
 def _speed_settings(args: argparse.Namespace) -> tuple[int, int]:
@@ -171,6 +205,7 @@ def predict_job(args: argparse.Namespace) -> int:
     options = JobOptions(shard_size=args.shard_size, batch_size=args.batch_size, keep_inputs=args.keep_inputs,
                          num_workers=workers, threads=threads, progress=False if args.no_progress else None)
     rank, world, barrier, device = (0, 1, None, args.device) if args.engine == "ray" else process_group(args.device)
+    args.rank = rank  # notes after the job: from the first process only
     spec = _predictor_spec(args, device)
     try:
         if args.engine == "ray":
@@ -200,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder")
     parser.add_argument("--image", type=Path, help="image file of one post")
     parser.add_argument("--text", help="text of one post (may be empty)")
+    parser.add_argument("--ocr", nargs="?", const=OCR_AUTO, choices=(OCR_AUTO, *_ocr_engines()), metavar="ENGINE",
+                        help="one post: read the text in the image and add it after --text (ENGINE: "
+                             f"{', '.join(_ocr_engines())}; default: the first installed)")
     parser.add_argument("--json", action="store_true", help="one post: print one JSON object; a job: its summary")
     parser.add_argument("--csv", type=Path, help="batch: input CSV with columns image_path (or image) and text")
     parser.add_argument("--input", type=Path,
@@ -234,14 +272,19 @@ def main(argv: list[str] | None = None) -> int:
                              "folders on an offline machine); repeatable")
     args = parser.parse_args(argv)
 
-    single = args.image is not None or args.text is not None
+    if args.ocr is not None and (args.csv is not None or args.input is not None):
+        return _fail("--ocr reads the text of one post (--image); rows of --csv/--input are read as they are")
+    single = args.image is not None or args.text is not None or args.ocr is not None
     job = args.input is not None
     batch = args.csv is not None or (args.out is not None and not job)
     if single + batch + job != 1 or (job and args.csv is not None):
         return _fail("give either --image and --text (one post), --csv and --out (a CSV of posts), "
                      "or --input and --out (a scoring job)")
-    if single and (args.image is None or args.text is None):
-        return _fail("one post needs both --image and --text (--text \"\" for no text)")
+    if single and (args.image is None or (args.text is None and args.ocr is None)):
+        return _fail("one post needs both --image and --text (--text \"\" for no text), or --image and --ocr "
+                     "(the text read from the image)")
+    if args.text is None:
+        args.text = ""  # --ocr alone: the image's text only
     if batch and (args.csv is None or args.out is None):
         return _fail("batch prediction needs both --csv and --out")
     if job and args.out is None:
@@ -281,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         status = predict_csv(args) if batch else predict_job(args)
     from clara.catalog import synthetic_data_note
-    note = synthetic_data_note(args.checkpoint) if status == 0 else None  # errors stay one line
+    # Errors stay one line; under torchrun / accelerate launch only the first process adds the note.
+    note = synthetic_data_note(args.checkpoint) if status == 0 and getattr(args, "rank", 0) == 0 else None
     if note:  # a demo / synthetic-data run is not a sentiment model
         print(note, file=sys.stderr)
     return status

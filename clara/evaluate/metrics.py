@@ -5,7 +5,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from clara.datasets import CLASS_F1_METRICS, spec_for_labels
 
@@ -19,6 +18,9 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | 
     Every class in `labels` is reported (a class absent from both y_true and y_pred gets zeros).
     For a dataset's `f1_classes` (HFM: sarcastic), `f1_<class>` is that class's binary F1.
     """
+    # Here, not at the top: SUMMARY_METRICS' readers (the dashboard's Home) need no scikit-learn.
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:

@@ -1,7 +1,7 @@
 """Raw cross-modal attention of the token co-attention fusion, and what displays it.
 
 - `PatchGrid` / `patch_grid(model)`: the image-token layout, derived from `model.image_stats`
-  (7x7 for patch32 and 14x14 for patch16 at 224 px), never hard-coded.
+  (7x7 for patch32 and 14x14 for patch16 at 224 px; CLS token first, or none), never hard-coded.
 - `WordMap` / `build_word_map(...)`: sub-word tokens merged back to the whitespace-separated
   words of the text (special and padding tokens dropped), with the token -> word mapping.
 - `fusion_attentions(...)` (batched) and `attention_maps(...)` (one sample, as `AttentionMaps`):
@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from clara.data.dataset import TOKENIZER_LOCK
+from clara.explain.colours import SEQUENTIAL_NAME
 
 ATTENTION_KIND = "attention"
 
@@ -28,18 +29,25 @@ ATTENTION_KIND = "attention"
 # --------------------------------------------------------------------------- patch grid
 @dataclass(frozen=True)
 class PatchGrid:
-    """Layout of CLIP's image tokens: token 0 is CLS, then `grid_size**2` patches row-major."""
+    """Layout of the vision encoder's image tokens: CLS first when `cls_token` (CLIP; SigLIP has
+    none), then `grid_size**2` patches row-major."""
     image_size: int
     patch_size: int
     grid_size: int
+    cls_token: bool = True
 
     @property
     def n_patches(self) -> int:
         return self.grid_size * self.grid_size
 
     @property
+    def first_patch(self) -> int:
+        """Index of the first patch among the image tokens (1 after a CLS token, else 0)."""
+        return int(self.cls_token)
+
+    @property
     def n_image_tokens(self) -> int:
-        return self.n_patches + 1
+        return self.n_patches + self.first_patch
 
     def patch_box(self, index: int) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of patch `index` (row-major) in model-input pixels, x1/y1 exclusive."""
@@ -71,7 +79,8 @@ def patch_grid(model: torch.nn.Module) -> PatchGrid:
     grid = _side(grid, "grid_size") if grid is not None else size // patch
     if grid * patch != size:
         raise ValueError(f"model.image_stats: image size {size} is not grid {grid} x patch {patch}")
-    return PatchGrid(image_size=size, patch_size=patch, grid_size=grid)
+    cls_token = bool(getattr(stats, "cls_token", True))
+    return PatchGrid(image_size=size, patch_size=patch, grid_size=grid, cls_token=cls_token)
 
 
 # --------------------------------------------------------------------------- words
@@ -243,7 +252,8 @@ def check_fusion_attentions(attentions: Any, grid: PatchGrid) -> None:
                                      "the pooled one")
     if n_keys != grid.n_image_tokens:
         raise ValueError(f"the fusion attends over {n_keys} image tokens but model.image_stats gives a "
-                         f"{grid.grid_size}x{grid.grid_size} grid + CLS = {grid.n_image_tokens}")
+                         f"{grid.grid_size}x{grid.grid_size} grid{' + CLS' if grid.cls_token else ''} = "
+                         f"{grid.n_image_tokens}")
 
 
 @torch.no_grad()
@@ -251,8 +261,8 @@ def fusion_attentions(model: torch.nn.Module, pixel_values: torch.Tensor, input_
                       attention_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The fusion's attention weights for a batch, as numpy arrays.
 
-    Returns (text_to_image [B, layers, heads, T, 1+P], image_to_text [B, layers, heads, 1+P, T]);
-    image key/query 0 is CLIP's CLS token, then the patch grid row-major.
+    Returns (text_to_image [B, layers, heads, T, N], image_to_text [B, layers, heads, N, T]) over
+    the N image tokens: the CLS token first when the encoder has one (CLIP), then the patch grid row-major.
     """
     output = model(**_model_inputs(pixel_values, input_ids, attention_mask), output_attentions=True)
     check_fusion_attentions(output.attentions, patch_grid(model))
@@ -265,8 +275,8 @@ def fusion_attentions(model: torch.nn.Module, pixel_values: torch.Tensor, input_
 class AttentionMaps:
     """Raw fusion attention of one sample, both directions, every layer and head."""
     text_to_image: np.ndarray  # [layers, heads, T, g, g]: weight of each text token on each patch
-    text_to_image_cls: np.ndarray  # [layers, heads, T]: weight on CLIP's CLS token
-    image_to_text: np.ndarray  # [layers, heads, 1+g*g, T]: row 0 is the CLS query, then patches
+    text_to_image_cls: np.ndarray | None  # [layers, heads, T]: weight on the CLS token (None: no CLS, SigLIP)
+    image_to_text: np.ndarray  # [layers, heads, (1+)g*g, T]: the CLS query first when there is one, then patches
     words: WordMap
     grid: PatchGrid
     kind: str = ATTENTION_KIND
@@ -300,7 +310,7 @@ class AttentionMaps:
     def image_to_text_weights(self, layer: int | None = None, head: int | None = None,
                               patch: int | tuple[int, int] | None = None) -> np.ndarray:
         """[words] weights of one patch (index or (row, col); None: averaged over patches)."""
-        per_query = self._select(self.image_to_text, layer, head)[1:]  # patches only, [P, T]
+        per_query = self._select(self.image_to_text, layer, head)[self.grid.first_patch:]  # patches only, [P, T]
         if patch is None:
             row = per_query.mean(axis=0)
         else:
@@ -317,8 +327,9 @@ def attention_maps(model: torch.nn.Module, pixel_values: torch.Tensor, input_ids
     grid = patch_grid(model)
     text_to_image, image_to_text = fusion_attentions(model, pixel_values, input_ids, attention_mask)
     layers, heads, n_text, _ = text_to_image[0].shape
-    patches = text_to_image[0][..., 1:].reshape(layers, heads, n_text, grid.grid_size, grid.grid_size)
-    return AttentionMaps(text_to_image=patches, text_to_image_cls=text_to_image[0][..., 0],
+    patches = text_to_image[0][..., grid.first_patch:].reshape(layers, heads, n_text, grid.grid_size, grid.grid_size)
+    cls = text_to_image[0][..., 0] if grid.cls_token else None
+    return AttentionMaps(text_to_image=patches, text_to_image_cls=cls,
                          image_to_text=image_to_text[0], words=words, grid=grid)
 
 
@@ -353,12 +364,13 @@ def normalise_heat(heatmap: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5, image_size: int | None = None,
-            colormap: str = "jet", smooth: bool = True) -> np.ndarray:
+            colormap: str = SEQUENTIAL_NAME, smooth: bool = True) -> np.ndarray:
     """Draw `heatmap` (a patch grid or a crop-space pixel map) onto the ORIGINAL `image`.
 
     The map covers the model's view, i.e. the center crop; it is upsampled onto that box of the
     original image and everything outside the box is left untouched. Heat weighs the blend, so
-    zero heat leaves a pixel as it was. Returns uint8 [height, width, 3].
+    zero heat leaves a pixel as it was. Returns uint8 [height, width, 3], with no colour bar: files
+    meant to be read are drawn by clara.explain.plots.heatmap_figure.
     """
     from matplotlib import colormaps  # local: only drawing needs matplotlib
 

@@ -1,39 +1,12 @@
 """Captum attributions of the target-class probability to words and pixels.
 
-- Text: integrated gradients on the output of the text encoder's embedding block (the module
-  holding `word_embeddings`, found with `model.get_submodule` through the peft wrappers), as
-  Captum's `LayerIntegratedGradients` would compute them.
-  Baseline: the same ids with special tokens kept and every other token replaced by the padding
-  id; the attention mask is passed as an additional forward argument, so it is repeated for each
-  step, never interpolated. One score per token (summed over the hidden dimension), summed per
-  word. Why the block's output and not the raw lookup table: the padding row of the table is
-  exactly zero and the block applies LayerNorm right after it, which is scale-invariant, so on
-  the straight path from a zero vector the output jumps at the first step and stays flat; IG
-  then cannot converge (Captum's delta stays large whatever the steps). After the LayerNorm the
-  path is smooth and the delta shrinks with the steps.
-- Image: `IntegratedGradients` on `pixel_values`; baseline all zeros in normalised space, i.e.
-  the dataset-mean colour image. `Occlusion` with windows of k x k patches (default 2x2) and
-  a stride of one patch, so every window is aligned to the model's grid; its baseline is the
-  same mean image and a patch's score is the mean drop of the windows covering it. One-patch
-  windows miss anything that crosses a patch boundary (blanking one side leaves the rest
-  visible and the drop is ~0); a 2x2 window holds any object up to a patch wide, wherever it
-  lies (on the synthetic cue, which spans 2-4 patches, the top patch hits it 0.60 of the time
-  instead of 0.40 and the deletion AUC falls from 0.72 to 0.48, random 0.75).
-
-Every IG result carries its completeness delta, (sum of attributions) - (f(input) - f(baseline)),
-with f the softmax probability of the target class (the attributed output), and that change of f
-(`output_change`), against which `ExplainSettings.converged` judges it. By default the steps start
-at `ExplainSettings.n_steps` Gauss-Legendre nodes and double until converged (`steps_tried`).
-
-Only the attributed modality's encoder runs per step: the other encoder's tokens do not depend on
-the interpolated input, so they are computed once (`ExplainInput` holds them) and passed to
-`model.decide` with every step; all of a try's steps run in as few batched passes as
-`internal_batch_size` allows. Occlusion reuses the text tokens the same way.
-
-Shared-model safety: the text path needs the embedding block to return interpolated values. A
-forward hook on that shared module, active only for the calling thread and removed afterwards,
-returns them (`_OutputOverride`); other threads' passes are unchanged. Nothing else is hooked, no
-weight's `requires_grad` or `.grad` is touched and the train/eval mode is left alone.
+Text: integrated gradients on the output of the text encoder's embedding block (after its
+LayerNorm, where the path from the padding baseline is smooth), one score per word. Image:
+integrated gradients on `pixel_values` from the dataset-mean image, and occlusion with windows
+of k x k patches aligned to the model's grid. Every IG result carries its completeness delta and
+doubles its steps until `ExplainSettings.converged`. Only the attributed modality's encoder runs
+per step, and the shared model is left as found (one hook, for the calling thread only). The
+method in detail and why: docs/METHOD.md, "Attributions".
 """
 from __future__ import annotations
 
@@ -49,6 +22,7 @@ from torch import nn
 
 from clara.explain.attention import PatchGrid, WordMap, patch_grid, structural_special_ids
 from clara.explain.settings import EXPLAIN_DEFAULTS, ExplainSettings
+from clara.model.backbones import text_backbone
 
 PROBABILITY_OUTPUT = "softmax probability of the target class"
 TEXT_BASELINE = "special tokens kept, all other tokens replaced by the padding id (attention mask unchanged)"
@@ -131,7 +105,14 @@ def find_word_embeddings(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def find_text_embedding_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """(path, module) of the text encoder's embedding block: the parent of its word-embedding table."""
+    """(path, module) of the text encoder's embedding block: the one clara/model/backbones.py names for
+    `model.text`'s architecture, else the parent of its word-embedding table."""
+    text = getattr(model, "text", None)
+    entry = text_backbone(str(getattr(getattr(text, "config", None), "model_type", None)))
+    if entry is not None:
+        base = text.get_base_model() if hasattr(text, "get_base_model") else text
+        block = base.get_submodule(entry.embedding_block)
+        return next(name for name, module in model.named_modules() if module is block), block
     table_path, _ = find_word_embeddings(model)
     parent_path = table_path.rpartition(".")[0]
     if not parent_path:

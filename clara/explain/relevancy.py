@@ -1,54 +1,12 @@
 """Class-specific relevancy for co-attention (Chefer, Gur & Wolf, ICCV 2021).
 
-"Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
-Transformers": four relevancy maps, text-text R_tt [T, T], image-image R_ii [N, N], text-image
-R_ti [T, N] and image-text R_it [N, T] (N = 1 + P image tokens, CLS first), start as R_tt = I,
-R_ii = I, R_ti = 0, R_it = 0 and are updated per attention layer, in the order the model runs
-them, with the gradient-weighted attention
-
-    Ā = E_heads[(∇A ⊙ A)^+]        (∇A = d logit_target / dA)
-
-Self-attention layer of modality s (rule 6; R_sq stays 0 here because the encoders run before
-any cross-modal mixing, so rule 7 adds nothing):
-
-    R_ss += Ā_ss · R_ss
-
-This runs over every layer of both encoders: the CLIP vision tower's self-attention (image
-tokens) and DeBERTa's disentangled self-attention (text tokens), so the relevancy follows how
-each encoder mixed its tokens before the fusion saw them.
-
-Co-attention layer whose queries are modality s and keys modality q (rules 10 and 11):
-
-    R_sq += R̄_ss^T · Ā_sq · R̄_qq         R_ss += Ā_sq · R_qs
-
-where R̄ is the self-relevancy with its identity removed, rows normalised to sum to 1, and the
-identity added back (the paper's residual normalisation; rows without any relevancy yet stay I).
-CLARA's fusion has two such directions per layer (text queries over image keys and image
-queries over text keys), computed from the same layer input, so both updates of a layer use
-the relevancy maps as they were before that layer. The projections between the encoders and the
-fusion act per token and carry the relevancy unchanged.
-
-Read-out: CLARA classifies from the mean of the (unpadded) text tokens and the mean of all
-image tokens, averaged; the relevancy of each input token for the target class is therefore the
-same average over the rows of R (text rows: valid tokens only), with the identity (each token's
-trivial relevancy for itself) removed so that 0 means "no evidence". Patch scores are the image
-columns after CLS (CLS is reported apart). The result is labelled "explanation", unlike the raw
-weights in attention.py.
-
-Getting the encoders' attention with its gradient, without touching the shared model: hooks
-are added for the duration of one call, act only for the calling thread, never change any
-module's output, and are removed afterwards (other threads' forward passes are unaffected).
-- DeBERTa computes its attention probabilities explicitly; a pre-hook asks its
-  `DisentangledSelfAttention` modules to return them (the flag the module already takes).
-- CLIP may run SDPA/flash attention, which keeps no probabilities, and switching
-  `config._attn_implementation` would change the model for every thread. The hooks record
-  each layer's input and the per-head output O = A·V (the input of `out_proj`); A is recomputed
-  as softmax(q·kᵀ·scale) from the layer's own q/k projections (LoRA included; the vision tower
-  has no attention mask and the model is in eval mode, so no dropout), and since A reaches the
-  target only through O, ∇A = ∇O · Vᵀ per head, exactly.
-- A prepared model's weights are all frozen, so nothing would put the text tower on the autograd
-  graph: a hook on the text embedding block hands the calling thread's text encoder a copy of the
-  block's output that requires grad (same values).
+Four relevancy maps (text-text, image-image, text-image, image-text) start at I / 0 and are
+updated with the gradient-weighted attention Ā = E_heads[(∇A ⊙ A)^+] through every
+self-attention layer of both encoders (rule 6), then through the co-attention fusion (rules
+10-11); the read-out follows CLARA's pooling. Each encoder's attention is found through its entry
+in clara/model/backbones.py (returned by DeBERTa, recomputed beside SDPA for CLIP, SigLIP,
+RoBERTa and XLM-R, with ∇A = ∇O·Vᵀ), by temporary hooks that act only for the calling thread and
+never change a module's output. The method in detail: docs/METHOD.md, "Relevancy".
 """
 from __future__ import annotations
 
@@ -56,19 +14,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers.models.clip.modeling_clip import CLIPAttention
-from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 
 from clara.explain.attention import PatchGrid, WordMap, check_fusion_attentions, patch_grid
 from clara.explain.attributions import find_text_embedding_layer
+from clara.model.backbones import AttentionLayout, text_backbone, vision_backbone
 
 EXPLANATION_KIND = "explanation"
 METHOD_NAME = ("gradient-weighted attention relevancy (Chefer et al. 2021): self-attention rule through every "
-               "CLIP vision and DeBERTa layer, bi-modal rules 10-11 through the co-attention fusion; heads "
+               "vision and text encoder layer, bi-modal rules 10-11 through the co-attention fusion; heads "
                "averaged, positive part")
 
 
@@ -79,11 +37,11 @@ class Relevancy:
     token_scores: np.ndarray  # [T]
     word_scores: np.ndarray  # [W]
     patch_scores: np.ndarray  # [g, g]
-    cls_score: float  # relevancy of CLIP's CLS token
+    cls_score: float | None  # relevancy of the vision encoder's CLS token (None: it has none, SigLIP)
     text_text: np.ndarray  # R_tt [T, T]
-    text_image: np.ndarray  # R_ti [T, 1+P]
-    image_text: np.ndarray  # R_it [1+P, T]
-    image_image: np.ndarray  # R_ii [1+P, 1+P]
+    text_image: np.ndarray  # R_ti [T, N]; N image tokens: CLS first when there is one, then the patches
+    image_text: np.ndarray  # R_it [N, T]
+    image_image: np.ndarray  # R_ii [N, N]
     layers: dict[str, int] = field(default_factory=dict)  # attention layers propagated, per stack
     method: str = METHOD_NAME
     kind: str = EXPLANATION_KIND
@@ -145,7 +103,7 @@ def propagate_co_attention(text_to_image: list[torch.Tensor], text_to_image_grad
 def pooled_readout(maps: dict[str, torch.Tensor], text_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token relevancy for CLARA's read-out (mean of valid text rows and of image rows, averaged).
 
-    Returns (text token scores [T], image token scores [1+P]), identity contributions removed.
+    Returns (text token scores [T], image token scores [N]), identity contributions removed.
     """
     r_tt, r_ti, r_it, r_ii = maps["text_text"], maps["text_image"], maps["image_text"], maps["image_image"]
     weights = text_valid.to(r_tt.dtype)
@@ -180,21 +138,25 @@ def attention_gradients(score: torch.Tensor, attentions: list[torch.Tensor],
 # ---------------------------------------------------------------------- encoder self-attention
 
 @dataclass
-class _ClipLayerRecord:
-    """One CLIP attention call: probabilities A [B, H, N, N], values V [B, H, N, d], and the
-    per-head output O [B, N, H*d] that is on the graph."""
+class RecomputedAttention:
+    """One self-attention call run without kept probabilities (SDPA): A [B, H, N, N] recomputed from
+    the layer's q/k, values V [B, H, N, d], and the per-head output O [B, N, H*d] that is on the graph."""
     attention: torch.Tensor
     values: torch.Tensor
     heads_output: torch.Tensor
 
 
+# A layer as recorded: its probabilities on the graph (returned by the module), or recomputed.
+LayerAttention = torch.Tensor | RecomputedAttention
+
+
 @dataclass
 class EncoderAttentions:
-    """What the encoder hooks recorded during one forward pass of the calling thread."""
+    """What the encoder hooks recorded during one forward pass of the calling thread, per tower."""
     n_vision_layers: int
     n_text_layers: int
-    vision: list[_ClipLayerRecord] = field(default_factory=list)
-    text: list[torch.Tensor] = field(default_factory=list)  # DeBERTa probabilities [B, H, T, T], on the graph
+    vision: list[LayerAttention] = field(default_factory=list)
+    text: list[LayerAttention] = field(default_factory=list)
 
     def check_complete(self) -> None:
         """Raise unless each encoder ran exactly once (every layer recorded once)."""
@@ -204,13 +166,21 @@ class EncoderAttentions:
                                "one forward pass that runs both encoders once")
 
 
-def _attention_modules(model: nn.Module, kind: type, tower: str) -> list[nn.Module]:
-    modules = [m for m in getattr(model, tower).modules() if isinstance(m, kind)]
+def _tower_attention(model: nn.Module, tower: str) -> tuple[AttentionLayout, list[nn.Module], int]:
+    """(layout, self-attention modules in order, heads) of `model.<tower>`, from clara/model/backbones.py."""
+    module = getattr(model, tower)
+    config = getattr(getattr(module, "backbone", module), "config", None)
+    model_type = getattr(config, "model_type", None)
+    entry = (vision_backbone if tower == "vision" else text_backbone)(str(model_type))
+    if entry is None:
+        raise ValueError(f"relevancy propagates through the {tower} encoder's self-attention, but "
+                         f"clara/model/backbones.py has no entry for its model_type {model_type!r}")
+    layout = entry.attention
+    modules = [m for m in module.modules() if type(m).__name__ == layout.module_class]
     if not modules:
         raise ValueError(f"relevancy propagates through the {tower} encoder's self-attention but found no "
-                         f"{kind.__name__} in model.{tower}; only CLIP vision and DeBERTa-v2/v3 encoders are "
-                         "supported")
-    return modules
+                         f"{layout.module_class} in model.{tower} ({model_type})")
+    return layout, modules, int(config.num_attention_heads)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -219,64 +189,81 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 @contextmanager
-def recording_encoder_attentions(model: nn.Module) -> Iterator[EncoderAttentions]:
+def recording_encoder_attentions(model: nn.Module, text_mask: torch.Tensor | None = None
+                                 ) -> Iterator[EncoderAttentions]:
     """Record the encoders' self-attention (with a route for its gradient) for the calling thread only.
 
+    `text_mask` [B, T] (1 = real token) masks padded keys where the text attention is recomputed.
     Hooks are removed on exit; module outputs are never changed (see the module docstring).
     """
     owner = threading.get_ident()
-    clip_modules = _attention_modules(model, CLIPAttention, "vision")
-    deberta_modules = _attention_modules(model, DisentangledSelfAttention, "text")
-    record = EncoderAttentions(n_vision_layers=len(clip_modules), n_text_layers=len(deberta_modules))
+    towers = {tower: _tower_attention(model, tower) for tower in ("vision", "text")}
+    record = EncoderAttentions(n_vision_layers=len(towers["vision"][1]), n_text_layers=len(towers["text"][1]))
     pending_inputs: dict[int, torch.Tensor] = {}
 
-    def clip_input(module: CLIPAttention, args: tuple, kwargs: dict) -> None:
+    def remember_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if threading.get_ident() == owner:
             pending_inputs[id(module)] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
-    def clip_heads_output(attention_module: CLIPAttention):
-        def hook(out_proj: nn.Module, args: tuple) -> None:
-            if threading.get_ident() != owner:
-                return
-            hidden = pending_inputs.pop(id(attention_module))
-            heads = attention_module.num_heads
-            with torch.no_grad():
-                queries = _split_heads(attention_module.q_proj(hidden), heads)
-                keys = _split_heads(attention_module.k_proj(hidden), heads)
-                values = _split_heads(attention_module.v_proj(hidden), heads)
-                probs = torch.softmax((queries @ keys.transpose(-1, -2)).float() * attention_module.scale, dim=-1)
-            record.vision.append(_ClipLayerRecord(attention=probs, values=values.float(), heads_output=args[0]))
-        return hook
+    def recompute(module: nn.Module, layout: AttentionLayout, heads: int, layers: list[LayerAttention],
+                  padding: torch.Tensor | None, heads_output: torch.Tensor) -> None:
+        hidden = pending_inputs.pop(id(module))
+        with torch.no_grad():
+            queries = _split_heads(module.get_submodule(layout.query)(hidden), heads)
+            keys = _split_heads(module.get_submodule(layout.key)(hidden), heads)
+            values = _split_heads(module.get_submodule(layout.value)(hidden), heads)
+            scores = (queries @ keys.transpose(-1, -2)).float() * queries.shape[-1] ** -0.5
+            if padding is not None:
+                scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+        layers.append(RecomputedAttention(attention=probs, values=values.float(), heads_output=heads_output))
 
-    def deberta_want_probs(module: DisentangledSelfAttention, args: tuple, kwargs: dict):
-        if threading.get_ident() != owner:
-            return None
-        if len(args) > 2:
-            return (*args[:2], True, *args[3:]), kwargs
-        return args, {**kwargs, "output_attentions": True}
+    def hooks_for(module: nn.Module, layout: AttentionLayout, heads: int, layers: list[LayerAttention],
+                  padding: torch.Tensor | None) -> list[Any]:
+        if layout.returns_probabilities:  # DeBERTa: ask for the probabilities (the flag it takes) and keep them
+            def want_probs(m: nn.Module, args: tuple, kwargs: dict):
+                if threading.get_ident() != owner:
+                    return None
+                if len(args) > 2:
+                    return (*args[:2], True, *args[3:]), kwargs
+                return args, {**kwargs, "output_attentions": True}
 
-    def deberta_probs(module: DisentangledSelfAttention, args: tuple, output: tuple) -> None:
-        if threading.get_ident() == owner:
-            record.text.append(output[1])
+            def keep_probs(m: nn.Module, args: tuple, output: tuple) -> None:
+                if threading.get_ident() == owner:
+                    layers.append(output[1])
+            return [module.register_forward_pre_hook(want_probs, with_kwargs=True),
+                    module.register_forward_hook(keep_probs)]
+        handles = [module.register_forward_pre_hook(remember_input, with_kwargs=True)]
+        if layout.heads_output is not None:  # O is the input of the output projection (CLIP, SigLIP)
+            def before_output(child: nn.Module, args: tuple) -> None:
+                if threading.get_ident() == owner:
+                    recompute(module, layout, heads, layers, padding, args[0])
+            handles.append(module.get_submodule(layout.heads_output).register_forward_pre_hook(before_output))
+        else:  # O is the module's first output (RoBERTa, XLM-R)
+            def after_module(m: nn.Module, args: tuple, output: tuple) -> None:
+                if threading.get_ident() == owner:
+                    recompute(module, layout, heads, layers, padding, output[0])
+            handles.append(module.register_forward_hook(after_module))
+        return handles
 
     def text_on_graph(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if threading.get_ident() != owner or output.requires_grad:
             return None
         return output.detach().requires_grad_(True)
 
+    text_padding = None if text_mask is None else ~text_mask.bool()
     with ExitStack() as stack:  # each hook is removed on exit, even if a later registration fails
         stack.callback(find_text_embedding_layer(model)[1].register_forward_hook(text_on_graph).remove)
-        for module in clip_modules:
-            stack.callback(module.register_forward_pre_hook(clip_input, with_kwargs=True).remove)
-            stack.callback(module.out_proj.register_forward_pre_hook(clip_heads_output(module)).remove)
-        for module in deberta_modules:
-            stack.callback(module.register_forward_pre_hook(deberta_want_probs, with_kwargs=True).remove)
-            stack.callback(module.register_forward_hook(deberta_probs).remove)
+        for tower, (layout, modules, heads) in towers.items():
+            layers, padding = (record.vision, None) if tower == "vision" else (record.text, text_padding)
+            for module in modules:
+                for handle in hooks_for(module, layout, heads, layers, padding):
+                    stack.callback(handle.remove)
         yield record
 
 
-def clip_attention_gradients(records: list[_ClipLayerRecord], heads_output_grads: list[torch.Tensor | None]
-                             ) -> list[torch.Tensor | None]:
+def recomputed_attention_gradients(records: list[RecomputedAttention], heads_output_grads: list[torch.Tensor | None]
+                                   ) -> list[torch.Tensor | None]:
     """∇A = ∇O · Vᵀ per head ([B, H, N, N]), from the gradient of each layer's per-head output."""
     gradients: list[torch.Tensor | None] = []
     for layer, grad in zip(records, heads_output_grads, strict=True):
@@ -286,6 +273,24 @@ def clip_attention_gradients(records: list[_ClipLayerRecord], heads_output_grads
         heads = layer.values.shape[1]
         gradients.append(_split_heads(grad.float(), heads) @ layer.values.transpose(-1, -2))
     return gradients
+
+
+clip_attention_gradients = recomputed_attention_gradients  # the name it had while only CLIP was recomputed
+
+
+def _encoder_attention_gradients(score: torch.Tensor, fusion: list[torch.Tensor], encoders: EncoderAttentions
+                                 ) -> tuple[list[torch.Tensor | None], list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """One backward pass: (d score / d A per fusion attention, [(A, d score / d A)] per encoder layer,
+    vision layers first)."""
+    layers = encoders.vision + encoders.text
+    returned = [layer for layer in layers if isinstance(layer, torch.Tensor)]
+    recomputed = [layer for layer in layers if isinstance(layer, RecomputedAttention)]
+    grads = attention_gradients(score, fusion + returned, [layer.heads_output for layer in recomputed])
+    returned_grads = iter(grads[len(fusion):len(fusion) + len(returned)])
+    recomputed_grads = iter(recomputed_attention_gradients(recomputed, grads[len(fusion) + len(returned):]))
+    pairs = [(layer, next(returned_grads)) if isinstance(layer, torch.Tensor) else
+             (layer.attention, next(recomputed_grads)) for layer in layers]
+    return grads[:len(fusion)], pairs
 
 
 # ---------------------------------------------------------------------- the whole model
@@ -303,26 +308,24 @@ def co_attention_relevancy(model: torch.nn.Module, pixel_values: torch.Tensor, i
     grid: PatchGrid = patch_grid(model)
     pixels = pixel_values.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        with recording_encoder_attentions(model) as encoders:
+        with recording_encoder_attentions(model, text_mask=attention_mask) as encoders:
             output = model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask,
                            output_attentions=True)
         check_fusion_attentions(output.attentions, grid)  # pooled fusion / ablations: NoFusionAttentionError
         encoders.check_complete()
         t2i, i2t = list(output.attentions.text_to_image), list(output.attentions.image_to_text)
         score = output.logits[0, int(target)]
-        grads = attention_gradients(score, t2i + i2t + encoders.text,
-                                    [layer.heads_output for layer in encoders.vision])
-    n_layers, n_text_layers = len(t2i), len(encoders.text)
-    fusion_grads = grads[:2 * n_layers]
-    text_grads = grads[2 * n_layers:2 * n_layers + n_text_layers]
-    vision_grads = grads[2 * n_layers + n_text_layers:]
+        fusion_grads, encoder_layers = _encoder_attention_gradients(score, t2i + i2t, encoders)
+    n_layers, n_vision_layers = len(t2i), len(encoders.vision)
 
     def first(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         return [None if t is None else t[0].detach().float() for t in tensors]
 
-    image_image = propagate_self_attention(first([layer.attention for layer in encoders.vision]),
-                                           first(clip_attention_gradients(encoders.vision, vision_grads)))
-    text_text = propagate_self_attention(first(encoders.text), first(text_grads))
+    def self_relevancy(pairs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        return propagate_self_attention(first([a for a, _ in pairs]), first([g for _, g in pairs]))
+
+    image_image = self_relevancy(encoder_layers[:n_vision_layers])
+    text_text = self_relevancy(encoder_layers[n_vision_layers:])
     maps = propagate_co_attention(first(t2i), first(fusion_grads[:n_layers]), first(i2t),
                                   first(fusion_grads[n_layers:]), text_text=text_text, image_image=image_image)
     text_scores, image_scores = pooled_readout(maps, attention_mask[0].detach())
@@ -332,9 +335,9 @@ def co_attention_relevancy(model: torch.nn.Module, pixel_values: torch.Tensor, i
         target_index=int(target),
         token_scores=token_scores,
         word_scores=words.pool(token_scores, reduce="sum"),
-        patch_scores=image_scores_np[1:].reshape(grid.grid_size, grid.grid_size),
-        cls_score=float(image_scores_np[0]),
-        layers={"vision_self_attention": len(encoders.vision), "text_self_attention": len(encoders.text),
+        patch_scores=image_scores_np[grid.first_patch:].reshape(grid.grid_size, grid.grid_size),
+        cls_score=float(image_scores_np[0]) if grid.cls_token else None,
+        layers={"vision_self_attention": n_vision_layers, "text_self_attention": len(encoders.text),
                 "co_attention": n_layers},
         **{name: value.cpu().numpy() for name, value in maps.items()},
     )

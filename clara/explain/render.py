@@ -1,7 +1,7 @@
 """Words shaded by their scores, as HTML: the one word highlighter of clara, used by the app's
-pages and by scripts/explain.py (words.html). One diverging colour scheme: green for evidence for
-the explained class, red for evidence against it; the shade is the strength relative to the
-strongest word. Every word is HTML-escaped, so any text is safe to render.
+pages and by scripts/explain.py (words.html). The diverging colours of clara.explain.colours: green
+for evidence for the explained class, red for evidence against it; the shade is the strength
+relative to the strongest word. Every word is HTML-escaped, so any text is safe to render.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-FOR_RGB = "0, 160, 60"  # green: pushes towards the explained class
-AGAINST_RGB = "220, 40, 40"  # red: pushes away from it
+from clara.explain.colours import AGAINST_RGB, FOR_RGB
+
 MAX_ALPHA = 0.75  # the strongest word's shade
 SPAN_STYLE = "padding: 1px 3px; margin: 1px; border-radius: 3px; line-height: 1.9;"
 

@@ -1,4 +1,4 @@
-"""CLARA model: encoders (CLIP vision, DeBERTa-v3 text, LoRA), fusion, heads and the factory."""
+"""CLARA model: encoders by name (CLIP/SigLIP vision, DeBERTa-v3/RoBERTa/XLM-R text: backbones.py; LoRA), fusion, heads and the factory."""
 from clara.model.clara_model import CLARAModel, CLARAOutput, create_model
 from clara.model.encoders import (EncoderError, ImageStats, build_text_encoder, build_tokenizer,
                                   build_vision_encoder, image_stats)

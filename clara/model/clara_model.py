@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from clara.config import ABLATIONS, Config, ModelConfig
 from clara.model.encoders import (ImageStats, VisionTower, build_text_encoder, build_tokenizer,
-                                  build_vision_encoder, image_stats)
+                                  build_vision_encoder, image_stats, resolved_model_config)
 from clara.model.fusion import FusionAttentions, PooledFusion, TokenCoAttentionFusion
 from clara.model.heads import (ClassifierHead, EntropyUncertainty, FeedbackRefiner, TemperatureFeedback,
                                UncertaintyEstimator, mlp_head)
@@ -37,8 +37,9 @@ class CLARAOutput:
 
 
 class CLARAModel(nn.Module):
-    """Submodules: `vision` (VisionTower), `text` (PeftModel over DeBERTa), `fusion`, `pred`,
-    `veri`, `unc`, `feed`, and `final` for the "multiple" variant."""
+    """Submodules: `vision` (VisionTower), `text` (PeftModel over the text encoder), `fusion`, `pred`,
+    `veri`, `unc`, `feed`, and `final` for the "multiple" variant. `config` holds the LoRA targets
+    as resolved for the encoders' architectures (clara/model/backbones.py)."""
 
     def __init__(self, config: ModelConfig, num_classes: int, vision: VisionTower, text: PeftModel,
                  stats: ImageStats):
@@ -179,9 +180,10 @@ def create_model(cfg: Config, tokenizer_texts: list[str] | None = None,
     The tokenizer is `tokenizer` when given (e.g. one saved in a checkpoint; it sizes the tiny
     text encoder), else built by `build_tokenizer(cfg.model, tokenizer_texts)`. Trainable
     weights are initialised from torch's global RNG (seed it for a reproducible model); the
-    random tiny / random-full encoder weights are fixed (see encoders.py).
+    random tiny / random-full encoder weights are fixed (see encoders.py). The model's `config` is
+    `cfg.model` with the LoRA targets resolved for the encoders' architectures (what a checkpoint records).
     """
-    model_cfg = cfg.model
+    model_cfg = resolved_model_config(cfg.model)
     if tokenizer is None:
         tokenizer = build_tokenizer(model_cfg, tokenizer_texts)
     vision = build_vision_encoder(model_cfg)

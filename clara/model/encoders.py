@@ -1,16 +1,18 @@
-"""The two encoder towers (CLIP vision, DeBERTa-v3 text), their tokenizer and image statistics.
+"""The two encoder towers (vision, text), their tokenizer and image statistics.
 
-`ModelConfig.encoders`: `published` (hub id or local folder, never remote code: local folders
-are checked by `clara.untrusted` first), `tiny` (small configs and a tokenizer built from the
-training texts, for tests and the demo) or `random-full` (the real ViT-B/32 and DeBERTa-v3-base
-architectures with random weights, so counts and speed match the published model). Base
-weights are frozen and peft adds LoRA; the parameter names follow the notebooks' state-dict
+`ModelConfig.encoders`: `published` (hub id or local folder of any architecture in
+clara/model/backbones.py, dispatched by its config's model_type; never remote code: local folders
+are checked by `clara.untrusted` first), `tiny` (small CLIP / DeBERTa configs and a tokenizer built
+from the training texts, for tests and the demo) or `random-full` (the real ViT-B/32 and
+DeBERTa-v3-base architectures with random weights, so counts and speed match the published model).
+Base weights are frozen and peft adds LoRA; the parameter names follow the notebooks' state-dict
 keys (docs/METHOD.md, docs/FIDELITY.md).
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import string
 import warnings
 from collections.abc import Iterator
@@ -21,11 +23,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from torch import nn
-from transformers import (AutoModel, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
-                          DebertaV2Config, DebertaV2Model, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
-from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers import (MODEL_MAPPING, AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, CLIPVisionConfig,
+                          CLIPVisionModel, DebertaV2Config, DebertaV2Model, PretrainedConfig, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
 
 from clara.config import ModelConfig
+from clara.model.backbones import (TEXT_BACKBONES, VISION_BACKBONES, Backbone, peft_targets, text_backbone,
+                                   vision_backbone)
 from clara.untrusted import UntrustedFolderError, check_model_folder
 
 ENCODER_SOURCES = ("published", "tiny", "random-full")
@@ -79,6 +83,7 @@ class ImageStats:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     patch_size: int
+    cls_token: bool = True  # token 0 is a CLS token (CLIP); SigLIP has none
 
     @property
     def grid_size(self) -> int:
@@ -86,20 +91,21 @@ class ImageStats:
 
     @property
     def n_tokens(self) -> int:
-        """CLIP's last_hidden_state length: CLS + the row-major patch grid."""
-        return self.grid_size ** 2 + 1
+        """last_hidden_state length: CLS (if any) + the row-major patch grid."""
+        return self.grid_size ** 2 + int(self.cls_token)
 
 
 class VisionTower(nn.Module):
-    """CLIPVisionModel (LoRA injected in place) returning all of its last-layer tokens."""
+    """A vision model (CLIPVisionModel, SiglipVisionModel; LoRA injected in place) returning all of
+    its last-layer tokens."""
 
-    def __init__(self, backbone: CLIPVisionModel):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.hidden_size: int = backbone.config.hidden_size
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> [B, 1 + grid², hidden] (index 0 is CLS)."""
+        """[B, 3, S, S] -> [B, (1 +) grid², hidden] (CLIP: index 0 is CLS)."""
         return self.backbone(pixel_values=pixel_values).last_hidden_state
 
 
@@ -127,6 +133,85 @@ def _deberta_v3_config(vocab_size: int, pad_token_id: int, **sizes: int) -> Debe
                            max_relative_positions=-1, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
                            share_att_key=True, position_biased_input=False, type_vocab_size=0,
                            hidden_act="gelu", layer_norm_eps=1e-7, **settings)
+
+
+def _published_config(source: str, field: str, what: str) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(_pretrained_source(source, field), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise EncoderError(_load_failure(what, field, source, exc)) from exc
+
+
+def vision_architecture(cfg: ModelConfig) -> tuple[Backbone, PretrainedConfig]:
+    """The vision tower's entry in clara/model/backbones.py and its transformers config (a composite
+    checkpoint's vision sub-config); EncoderError for an architecture clara does not know."""
+    _check_source(cfg)
+    if cfg.encoders != "published":
+        return VISION_BACKBONES["clip_vision_model"], _offline_vision_config(cfg)
+    config = _published_config(cfg.vision_encoder, "model.vision_encoder", "vision encoder")
+    config = getattr(config, "vision_config", None) or config  # clip, siglip: the checkpoint of both towers
+    backbone = vision_backbone(config.model_type)
+    if backbone is None:
+        raise EncoderError(f"model.vision_encoder={cfg.vision_encoder!r} is a {config.model_type!r} model; clara "
+                           f"reads these vision towers: {', '.join(VISION_BACKBONES)} (alone or inside a clip / "
+                           "siglip checkpoint); another needs an entry in clara/model/backbones.py")
+    return backbone, config
+
+
+def text_architecture(cfg: ModelConfig) -> tuple[Backbone | None, str]:
+    """The text encoder's entry in clara/model/backbones.py (None: not known) and its model_type."""
+    _check_source(cfg)
+    if cfg.encoders != "published":
+        return TEXT_BACKBONES["deberta-v2"], "deberta-v2"
+    model_type = _published_config(cfg.text_encoder, "model.text_encoder", "text encoder").model_type
+    return text_backbone(model_type), model_type
+
+
+def configured_encoder_width(cfg: ModelConfig) -> int | None:
+    """The wider tower's hidden size that `cfg` builds, read from the configs before the model exists
+    (training decides its precision first); None when a published encoder's config cannot be read."""
+    if cfg.encoders != "published":
+        text_sizes = TINY_TEXT_SIZES if cfg.encoders == "tiny" else {}
+        return max(_offline_vision_config(cfg).hidden_size, _deberta_v3_config(1, 0, **text_sizes).hidden_size)
+    try:
+        vision_config = vision_architecture(cfg)[1]
+        text_config = _published_config(cfg.text_encoder, "model.text_encoder", "text encoder")
+    except EncoderError:  # not on this machine (offline) or not a model clara reads: building it will say why
+        return None
+    widths = [getattr(config, "hidden_size", None) for config in (vision_config, text_config)]
+    return max(widths) if all(isinstance(width, int) for width in widths) else None
+
+
+def _field_default(name: str) -> tuple[str, ...]:
+    return next(f.default for f in dataclasses.fields(ModelConfig) if f.name == name)
+
+
+def _lora_targets(configured: tuple[str, ...], name: str, backbone: Backbone | None, source: str,
+                  model_type: str) -> tuple[str, ...]:
+    """`configured`, unless it is left at the field's default (CLIP's / DeBERTa's names): then the
+    architecture's own. An architecture without an entry needs them set."""
+    if tuple(configured) != _field_default(name):
+        return tuple(configured)
+    if backbone is None:
+        tower = name.split("_")[0]
+        raise EncoderError(f"model.{tower}_encoder={source!r} is a {model_type!r} model, for which clara has no "
+                           f"LoRA targets: set model.{name} (its attention projections' module names, or "
+                           f"all-linear), or add it to clara/model/backbones.py")
+    return backbone.lora_targets
+
+
+def resolved_model_config(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with the LoRA targets its encoders take (backbones.py, where left at the defaults), as
+    the model is built and a checkpoint records them, so that a reload builds the same model."""
+    vision, vision_config = vision_architecture(cfg)
+    text, text_type = text_architecture(cfg)
+    targets = {"vision_lora_targets": _lora_targets(cfg.vision_lora_targets, "vision_lora_targets", vision,
+                                                    cfg.vision_encoder, vision_config.model_type),
+               "text_lora_targets": _lora_targets(cfg.text_lora_targets, "text_lora_targets", text,
+                                                  cfg.text_encoder, text_type)}
+    if all(tuple(getattr(cfg, name)) == value for name, value in targets.items()):
+        return cfg  # nothing to resolve (CLIP and DeBERTa, or targets set by hand): the same object
+    return dataclasses.replace(cfg, **targets)
 
 
 @contextlib.contextmanager
@@ -222,7 +307,7 @@ def _add_lora(model: nn.Module, r: int, alpha: int, dropout: float, targets: tup
     """Freeze `model` and add LoRA (peft); `wrap` returns a PeftModel, else injects in place."""
     for param in model.parameters():
         param.requires_grad = False
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=peft_targets(targets))
     try:
         with warnings.catch_warnings():
             # peft asks transformers 5 a deprecated question; the warning is not the user's to act on.
@@ -242,38 +327,44 @@ def _enable_checkpointing(model: nn.Module) -> None:
 
 
 def build_vision_encoder(cfg: ModelConfig) -> VisionTower:
-    """CLIP vision tower, frozen, with LoRA on `cfg.vision_lora_targets`."""
-    _check_source(cfg)
+    """The vision tower (CLIP, SigLIP: `vision_architecture`), frozen, with LoRA on the resolved
+    `cfg.vision_lora_targets` (`resolved_model_config`)."""
+    architecture, config = vision_architecture(cfg)
+    targets = _lora_targets(cfg.vision_lora_targets, "vision_lora_targets", architecture, cfg.vision_encoder,
+                            config.model_type)
     if cfg.encoders == "published":
         source = _pretrained_source(cfg.vision_encoder, "model.vision_encoder")
-        try:
-            backbone = CLIPVisionModel.from_pretrained(source, trust_remote_code=False)
+        try:  # the tower's own class (CLIPVisionModel, ...), also from a checkpoint of both towers
+            backbone = MODEL_MAPPING[type(config)].from_pretrained(source, trust_remote_code=False,
+                                                                   **architecture.load_options)
         except (OSError, ValueError) as exc:
             raise EncoderError(_load_failure("vision encoder", "model.vision_encoder", cfg.vision_encoder,
                                              exc)) from exc
     else:
         with _seeded_init(VISION_INIT_SEED):
-            backbone = CLIPVisionModel(_offline_vision_config(cfg))
+            backbone = CLIPVisionModel(config)
     backbone = _add_lora(backbone, cfg.vision_lora_r, cfg.vision_lora_alpha, cfg.vision_lora_dropout,
-                         cfg.vision_lora_targets, "model.vision_lora_targets", wrap=False)
+                         targets, "model.vision_lora_targets", wrap=False)
     if cfg.gradient_checkpointing:
         _enable_checkpointing(backbone)
     return VisionTower(backbone)
 
 
 def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> PeftModel:
-    """DeBERTa text encoder inside a peft `PeftModel`, frozen except LoRA and the last
-    `cfg.unfreeze_last_text_layers` layers.
+    """The text encoder (DeBERTa, RoBERTa, XLM-R, ...: `AutoModel`) inside a peft `PeftModel`, frozen
+    except LoRA (on the resolved `cfg.text_lora_targets`) and the last `cfg.unfreeze_last_text_layers` layers.
 
     `tokenizer` sizes the tiny model's embedding table and is checked against the others';
     without it one is built as `build_tokenizer(cfg)` would.
     """
-    _check_source(cfg)
+    architecture, model_type = text_architecture(cfg)
+    targets = _lora_targets(cfg.text_lora_targets, "text_lora_targets", architecture, cfg.text_encoder, model_type)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
     if cfg.encoders == "published":
         source = _pretrained_source(cfg.text_encoder, "model.text_encoder")
+        options = dict(architecture.load_options) if architecture is not None else {}
         try:
-            base = AutoModel.from_pretrained(source, trust_remote_code=False)
+            base = AutoModel.from_pretrained(source, trust_remote_code=False, **options)
         except (OSError, ValueError) as exc:
             raise EncoderError(_load_failure("text encoder", "model.text_encoder", cfg.text_encoder, exc)) from exc
     else:
@@ -286,7 +377,7 @@ def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | No
         raise EncoderError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder "
                            f"(model.text_encoder={cfg.text_encoder!r}) embeds only {embedding_rows}: "
                            "they do not belong together")
-    text = _add_lora(base, cfg.text_lora_r, cfg.text_lora_alpha, cfg.text_lora_dropout, cfg.text_lora_targets,
+    text = _add_lora(base, cfg.text_lora_r, cfg.text_lora_alpha, cfg.text_lora_dropout, targets,
                      "model.text_lora_targets", wrap=True)
     _unfreeze_last_layers(base, cfg.unfreeze_last_text_layers)
     if cfg.gradient_checkpointing:
@@ -310,28 +401,19 @@ def _unfreeze_last_layers(base: nn.Module, n_layers: int) -> None:
 # --------------------------------------------------------------------------- image statistics
 
 def image_stats(cfg: ModelConfig) -> ImageStats:
-    """Input size, normalisation and patch size of the vision encoder `cfg` describes.
+    """Input size, normalisation, patch size and CLS token of the vision encoder `cfg` describes.
 
-    Mean/std are OpenAI CLIP's, except for a published encoder with an image-processor config
-    (preprocessor_config.json), whose values are used.
+    Mean/std are the architecture's (backbones.py: OpenAI CLIP's, SigLIP's 0.5), except for a
+    published encoder with an image-processor config (preprocessor_config.json), whose values are used.
     """
-    _check_source(cfg)
-    openai = (tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD))
-    if cfg.encoders != "published":
-        vision_config = _offline_vision_config(cfg)
-        return ImageStats(vision_config.image_size, *openai, vision_config.patch_size)
-    source = _pretrained_source(cfg.vision_encoder, "model.vision_encoder")
-    try:
-        vision_config = CLIPVisionConfig.from_pretrained(source, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise EncoderError(_load_failure("vision encoder config", "model.vision_encoder", cfg.vision_encoder,
-                                         exc)) from exc
-    mean, std = openai
+    architecture, vision_config = vision_architecture(cfg)
+    mean, std = architecture.image_mean, architecture.image_std
     folder = Path(cfg.vision_encoder)
-    if not folder.is_dir() or (folder / "preprocessor_config.json").is_file():
+    if cfg.encoders == "published" and (not folder.is_dir() or (folder / "preprocessor_config.json").is_file()):
         try:
-            processor = CLIPImageProcessor.from_pretrained(cfg.vision_encoder, trust_remote_code=False)
+            processor = AutoImageProcessor.from_pretrained(cfg.vision_encoder, trust_remote_code=False)
             mean, std = tuple(processor.image_mean), tuple(processor.image_std)
         except OSError:
-            pass  # a hub model without a processor config (or not cached): CLIP's own constants apply
-    return ImageStats(int(vision_config.image_size), mean, std, int(vision_config.patch_size))
+            pass  # a hub model without a processor config (or not cached): the architecture's constants apply
+    return ImageStats(int(vision_config.image_size), mean, std, int(vision_config.patch_size),
+                      cls_token=architecture.cls_token)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 
 from clara.checkpoint import METRICS_FILE, OLD_MARK, CheckpointError, read_checkpoint_info, read_training_state
 from clara.config import Config
+from clara.model.encoders import resolved_model_config
 
 STATE_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer.state."
@@ -28,7 +29,7 @@ OPTIMIZER_PREFIX = "optimizer.state."
 # dataset, split, encoder, fusion, model shape, loss, sampler, batch size, lr, epochs, ... would
 # silently continue another experiment).
 FREE_FIELDS = frozenset({"data.check_images", "train.num_workers", "train.eval_batch_size",
-                         "train.calibrate", "train.posthoc_logit_bias", "train.output_dir"})
+                         "train.calibrate", "train.posthoc_logit_bias", "train.output_dir", "train.report_to"})
 
 
 class ResumeError(ValueError):
@@ -195,7 +196,8 @@ def read_resume_state(last_dir: Path, cfg: Config, num_processes: int, results_f
         tensors, payload = read_training_state(last_dir)
     except CheckpointError as exc:
         raise ResumeError(f"--resume: {exc}") from None
-    differences = config_differences(info["config"], cfg.to_dict())
+    # The checkpoint records the LoRA targets its encoders' architectures resolved to (backbones.py).
+    differences = config_differences(info["config"], replace(cfg, model=resolved_model_config(cfg.model)).to_dict())
     if differences:
         raise ResumeError(f"--resume: the settings differ from those {last_dir} was trained with: "
                           + "; ".join(differences) + ". Resume with the same settings, or train from scratch "

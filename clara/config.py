@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoders: str = "published"  # published (hub id or local folder) | tiny | random-full
+    encoders: str = "published"  # published (hub id or local folder, clara/model/backbones.py) | tiny | random-full
     vision_encoder: str = CLIP_B32
     text_encoder: str = DEBERTA_V3_BASE
     fusion: str = "token"  # token (paper: bidirectional token co-attention) | pooled (notebooks)
@@ -70,6 +70,8 @@ class ModelConfig:
     vision_lora_r: int = 32
     vision_lora_alpha: int = 64
     vision_lora_dropout: float = 0.05
+    # LoRA targets left at these defaults (CLIP's, DeBERTa's) mean "the architecture's own"
+    # (clara/model/backbones.py); anything else is used as given; ("all-linear",) is peft's every Linear.
     vision_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     text_lora_r: int = 64
     text_lora_alpha: int = 128
@@ -110,13 +112,15 @@ class TrainConfig:
     negative_boost: float = 12.0  # extreme_negative: the negatives' draw weight x this (CONFIG['negative_class_boost'])
     negative_mixup_prob: float = 0.0
     negative_mixup_alpha: float = 0.4
-    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16
+    mixed_precision: str = "auto"  # auto (bf16 on GPU; on CPU the probe's choice for encoders >= 256 wide) | no | bf16
     num_workers: int = 0
     length_grouped: bool = False  # batches of similar text length (less padding; docs/BENCHMARKS.md)
     seed: int = 42
     output_dir: str = "."  # stands for the repo root: checkpoints/ and results/ go under it
     calibrate: bool = True
     max_steps_per_epoch: int | None = None  # for smoke runs and benchmarks
+    # Experiment tracker (Accelerate's): auto (tensorboard when installed, else none) | none | REPORT_TO's trackers.
+    report_to: str = "auto"
     # MVSA-Multiple: every encoder weight trainable from this epoch on (cell 14's
     # set_trainable_except_lora(..., True) at epoch 3; AdamW covers all parameters from the start). None: LoRA only.
     full_finetune_from_epoch: int | None = None
@@ -234,6 +238,9 @@ ABLATIONS = ("text_only", "image_only", "no_coattention", "no_verification", "no
 # transformers.get_scheduler names that need nothing but the warm-up and total step counts.
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt")
+# Accelerate's tracker names (accelerate.utils.LoggerType), with auto and none.
+REPORT_TO = ("auto", "none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab",
+             "trackio")
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.dataset": DATASETS,
     "data.protocol": ("clara", "standard"),
@@ -249,6 +256,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.class_weights": ("inverse_frequency", "count_boosted", "none"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "train.lr_scheduler": LR_SCHEDULERS,
+    "train.report_to": REPORT_TO,
 }
 
 # Range rules: (check, what it wants). A tuple's items and a dict's values are checked one by one;

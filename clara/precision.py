@@ -3,8 +3,9 @@ evaluation, prediction, explanation and the benchmark (as open_clip_train/precis
 
 `auto` means bf16 on a GPU and, on a CPU, what a start-up probe measured: a small fp32 and bf16
 matmul timed once per process (`cpu_precision_probe`), bf16 only where it runs clearly faster
-(CPUs with bf16 units: AVX-512 BF16 / AMX). `CLARA_PRECISION=fp32|bf16|auto` overrides what
-`auto` resolves to. Measurements behind the threshold: docs/BENCHMARKS.md.
+(CPUs with bf16 units: AVX-512 BF16 / AMX) and the encoders are wide enough for it to pay. The same
+policy decides training's `train.mixed_precision=auto` (`resolve_training_precision`).
+`CLARA_PRECISION=fp32|bf16|auto` overrides what `auto` resolves to. Measurements: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -131,18 +132,27 @@ def resolve_precision(setting: str | None, device: str | torch.device,
     return probe.precision, f"probe: {probe.reason}"
 
 
-def resolve_mixed_precision(setting: str, device: str | torch.device | None = None) -> str:
-    """The config's `train.mixed_precision`: `auto` -> `bf16` on a GPU, `no` on a CPU unless
-    CLARA_PRECISION=bf16 asks for it (device: default_device()); other settings pass through.
+def resolve_training_precision(setting: str, device: str | torch.device | None = None,
+                               hidden_size: int | None = None) -> tuple[str, str]:
+    """(Accelerate's `mixed_precision`: `no` | `bf16` | `fp16`, why) for the config's `train.mixed_precision`.
 
-    Training on CPU does not follow the probe: what bf16 changes in what is learned has not been
-    measured there (docs/BENCHMARKS.md), and one process can hold only one Accelerate precision."""
-    if setting == "auto":
-        device = torch.device(device) if device is not None else default_device()
-        if device.type == "cuda":
-            return "no" if precision_setting() == "fp32" else "bf16"
-        return "bf16" if precision_setting() == "bf16" else "no"
-    return setting
+    `auto` follows `resolve_precision` (one policy, one probe): bf16 on a GPU that supports it, and on a
+    CPU the probe's choice for encoders at least MIN_BF16_HIDDEN_SIZE wide (`hidden_size`, e.g.
+    clara.model.encoders.configured_encoder_width; None, unknown: fp32 unless CLARA_PRECISION=bf16). Other settings pass
+    through. device: default_device()."""
+    if setting != "auto":
+        return setting, f"train.mixed_precision={setting}"
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu" and hidden_size is None and precision_setting() == "auto":
+        return "no", "auto: encoder width unknown, so fp32"
+    precision, reason = resolve_precision(None, device, hidden_size)
+    return ("bf16" if precision == "bf16" else "no"), f"auto: {reason}"
+
+
+def resolve_mixed_precision(setting: str, device: str | torch.device | None = None,
+                            hidden_size: int | None = None) -> str:
+    """`resolve_training_precision`'s precision alone (the config's `train.mixed_precision` for Accelerate)."""
+    return resolve_training_precision(setting, device, hidden_size)[0]
 
 
 def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:

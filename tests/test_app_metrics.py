@@ -11,7 +11,7 @@ import pytest
 
 from clara.catalog import DEMO_FOLDERS
 from clara_app import charts, state, tables
-from _app_utils import ROOT, app_folders, point_app_at, require_demo  # noqa: F401 (a fixture)
+from _app_utils import ROOT, AppFolders, app_folders, point_app_at, require_demo  # noqa: F401 (a fixture)
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 TIMEOUT = 180
@@ -160,3 +160,58 @@ def test_a_checkpoint_trained_on_synthetic_data_is_flagged_on_home(tmp_path, mon
     assert not at.info or "You are using the demo checkpoint" not in "\n".join(i.value for i in at.info)
     assert f"**Training data:** synthetic ({tmp_path / 'synthetic_hfm'})" in "\n".join(m.value for m in at.markdown)
     assert "synthetic data" in at.selectbox(key="checkpoint_picker").options[0]
+
+
+# ----------------------------------------------------------------------------- a run in progress
+
+def write_progress(last, epochs: int, done: bool = False) -> None:
+    """What the training loop rewrites in a run's `last` checkpoint after each epoch (the parts the page reads)."""
+    history = [{"epoch": e, "lr": 1e-4, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_accuracy": 0.5 + e / 20,
+                "val_f1_macro": 0.4 + e / 20, "val_f1_weighted": 0.45 + e / 20, "steps": 5, "best_epoch": e}
+               for e in range(1, epochs + 1)]
+    (last / "history.json").write_text(json.dumps(history))
+    (last / "training_state.json").write_text(json.dumps({"state_version": 1, "epochs_done": epochs,
+                                                          "training_done": done}))
+
+
+def test_a_run_in_progress_is_shown_from_its_growing_history(tmp_path, monkeypatch):
+    """A `last` checkpoint whose training goes on (5 epochs asked, 2 written): its own section with
+    the loss and validation curves, refreshed on a timer; a third epoch appears on the next run; a
+    damaged history is one line; once training has ended the run leaves the section."""
+    require_demo()
+    folders = AppFolders(tmp_path / "checkpoints", tmp_path / "results")
+    folders.results.mkdir(parents=True)
+    last = folders.checkpoints / "clara_hfm_last"
+    shutil.copytree(ROOT / "checkpoints" / "demo_hfm", last, ignore=shutil.ignore_patterns("results"))
+    info = json.loads((last / "config.json").read_text())
+    info["config"]["train"]["epochs"] = 5
+    (last / "config.json").write_text(json.dumps(info))
+    write_progress(last, 2)
+    at = metrics_page(folders, monkeypatch)
+
+    assert "Training in progress" in [h.value for h in at.header]
+    [line] = [m.value for m in at.markdown if "in progress" in m.value]
+    assert line.startswith(f"**clara_hfm_last · {tables.SYNTHETIC_MARK}** · HFM · in progress · epoch 2 of 5 · "
+                           "last epoch written ")
+    assert at.toggle(key="metrics_live_refresh").value is True
+    curves = figures(at)
+    assert [[t["name"] for t in f["data"]] for f in curves] == [["train_loss", "val_loss"],
+                                                               ["val_accuracy", "val_f1_macro", "val_f1_weighted"]]
+    assert all(t["x"] == [1, 2] for f in curves for t in f["data"])
+    assert "No results yet" in "\n".join(i.value for i in at.info)  # no finished run besides
+
+    at.toggle(key="metrics_live_refresh").set_value(False)  # no timer: read again only when the page reruns
+    write_progress(last, 3)
+    check(at.run())
+    assert any("epoch 3 of 5" in m.value for m in at.markdown)
+    assert all(t["x"] == [1, 2, 3] for f in figures(at) for t in f["data"])
+
+    (last / "history.json").write_text("[{\"epoch\": 1,")  # caught mid-write by another tool, or damaged
+    check(at.run())
+    [warning] = [w.value for w in at.warning if "cannot show its progress" in w.value]
+    assert warning.endswith(f"{last / 'history.json'} is not readable JSON (Expecting property name enclosed in "
+                            "double quotes, line 1)") and "\n" not in warning
+
+    write_progress(last, 3, done=True)
+    check(at.run())
+    assert "Training in progress" not in [h.value for h in at.header]

@@ -204,7 +204,9 @@ def test_precision_setting_override_and_auto(monkeypatch):
     monkeypatch.setattr(precision, "cpu_precision_probe", lambda: probe)
     monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     assert precision.resolve_precision(None, "cpu")[0] == "bf16"
-    assert precision.resolve_mixed_precision("auto", "cpu") == "no"  # training on CPU: fp32 unless asked
+    assert precision.resolve_mixed_precision("auto", "cpu") == "no"  # training, width unknown: fp32
+    assert precision.resolve_mixed_precision("auto", "cpu", 768) == "bf16"  # full width: the probe's choice
+    assert precision.resolve_mixed_precision("auto", "cpu", 64) == "no"  # tiny: fp32 (tests/test_train_precision.py)
     assert precision.resolve_precision("fp32", "cpu")[0] == "fp32"  # the Predictor argument
     assert precision.resolve_precision(None, "cpu", hidden_size=768)[0] == "bf16"  # full-size encoders
     precision_, reason = precision.resolve_precision(None, "cpu", hidden_size=64)  # the tiny demo's

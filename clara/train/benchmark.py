@@ -3,12 +3,13 @@
     report = run_benchmark(BenchmarkOptions(dataset="mvsa_single", data_dir="data/x", encoders="random-full"))
     print(format_report(report)); json.dumps(report)
 
-Training samples/s (real steps, the two settings interleaved so machine load hits both alike),
-data loading, prediction latency of each inference path side by side (fp32 with the LoRA adapters,
-merged, merged + bf16, int8; also interleaved), per-encoder time, one explanation at the library's
-defaults, the precision probe's decision, peak memory of the process and of one Predictor alone;
-`compare_quality` checks that a speed-up does not change what is learned. What is measured and
-why: docs/BENCHMARKS.md.
+Training samples/s (real steps, the settings interleaved so machine load hits all alike; ours at
+`train.mixed_precision=auto`'s precision, and in fp32 beside it where that is bf16), data loading,
+prediction latency of each inference path side by side (fp32 with the LoRA adapters, merged,
+merged + bf16, int8; also interleaved), per-encoder time, one explanation at the library's
+defaults, the precision probe's decision, peak memory of the process, of one training run and of
+one Predictor alone; `compare_quality` checks that a speed-up does not change what is learned.
+What is measured and why: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ from clara.data.images import ImageTransform, model_image_transform
 from clara.explain import Explainer
 from clara.inference import Predictor
 from clara.model import create_model
-from clara.precision import SCREEN_SHAPE, autocast, cpu_precision_probe, resolve_precision
+from clara.model.encoders import configured_encoder_width
+from clara.precision import (SCREEN_SHAPE, autocast, cpu_precision_probe,
+                             resolve_precision, resolve_training_precision)
 from clara.train.data import build_image_cache, build_train_loader
-from clara.train.loop import train
 from clara.train.losses import clara_loss, training_class_weights
 from clara.train.samplers import count_classes
 
@@ -66,14 +68,16 @@ def published_settings(device: str) -> TrainSettings:
                          length_grouped=False, fused_adamw=False)
 
 
-def our_settings(device: str) -> TrainSettings:
+def our_settings(device: str, hidden_size: int | None = None) -> TrainSettings:
     """What the measurements justify (docs/BENCHMARKS.md): dynamic padding, no gradient
-    checkpointing, the decoded-image cache; bf16 autocast and fused AdamW on a GPU. fp32 on CPU:
-    this machine's CPUs lack AVX-512 BF16, and there bf16 matmuls are far slower. Length-grouped
+    checkpointing, the decoded-image cache; bf16 autocast and fused AdamW on a GPU. On CPU the
+    precision `train.mixed_precision=auto` resolves to for encoders `hidden_size` wide (the probe:
+    bf16 where the CPU has bf16 units and the encoders are wide; None: fp32). Length-grouped
     batches are left out: they lowered val F1 in the short quality runs."""
     on_gpu = device == "cuda"
+    cpu_precision = "bf16" if resolve_training_precision("auto", "cpu", hidden_size)[0] == "bf16" else "fp32"
     return TrainSettings("ours", pad_to_max_length=False, gradient_checkpointing=False,
-                         precision="bf16" if on_gpu else "fp32", image_cache=True, length_grouped=False,
+                         precision="bf16" if on_gpu else cpu_precision, image_cache=True, length_grouped=False,
                          fused_adamw=on_gpu, num_workers=4 if on_gpu else 0)
 
 
@@ -94,6 +98,7 @@ class BenchmarkOptions:
     threads: int | None = None  # torch threads; None: leave torch's default (one per core)
     quantize_check: bool = True  # also time int8 dynamic quantisation for prediction, with its accuracy cost
     predictor_memory: bool = True  # peak RSS of one Predictor in a process of its own (CPU)
+    train_memory: bool = True  # peak RSS of one training run (ours) in a process of its own (CPU)
     seed: int = 42
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -197,6 +202,8 @@ class TrainRunner:
         self.times: list[float] = []
         self.samples: list[int] = []
         self.text_tokens: list[int] = []
+        self.phases: dict[str, list[float]] = {"fetch_s": [], "forward_s": [], "backward_s": [], "optimizer_s": []}
+        self.losses: list[float] = []  # every step's loss, warm-up included
         self.peak_mb = 0.0
 
     def step(self, record: bool) -> float:
@@ -204,32 +211,41 @@ class TrainRunner:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
+        marks = [started]  # the phases' end times (on a GPU without a sync each: only the total is exact there)
         batch = next(self.batches)
         inputs = {key: batch[key].to(self.device, non_blocking=True) for key in MODEL_INPUTS}
         labels = batch["labels"].to(self.device, non_blocking=True)
+        marks.append(time.perf_counter())
         with autocast(self.settings.precision, self.device):
             out = self.model(**inputs)
             loss, _ = clara_loss(out, labels, self.weights, self.cfg.train)
+        marks.append(time.perf_counter())
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            marks.append(time.perf_counter())
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            marks.append(time.perf_counter())
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.max_grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         _sync(self.device)
-        elapsed = time.perf_counter() - started
+        marks.append(time.perf_counter())
+        elapsed = marks[-1] - started
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise RuntimeError(f"{self.settings.name}: the loss became {loss_value} in the benchmark")
+        self.losses.append(loss_value)
         if record:
             self.times.append(elapsed)
             self.samples.append(len(labels))
             self.text_tokens.append(int(inputs["input_ids"].shape[1]))
+            for key, begin, end in zip(self.phases, marks, marks[1:]):
+                self.phases[key].append(end - begin)
             self.peak_mb = max(self.peak_mb, peak_memory_mb(self.device))
         return elapsed
 
@@ -238,7 +254,9 @@ class TrainRunner:
         result = {
             "samples_per_s": sum(self.samples) / total if total else float("nan"),
             "step_s": [round(t, 3) for t in self.times],
+            "best_step_s": min(self.times) if self.times else None,  # the least disturbed on a shared machine
             "mean_padded_text_tokens": statistics.fmean(self.text_tokens) if self.text_tokens else None,
+            "phases_mean_s": {key: statistics.fmean(v) for key, v in self.phases.items() if v},
             "settings": dataclasses.asdict(self.settings),
         }
         if self.device == "cuda":
@@ -427,7 +445,8 @@ def run_benchmark(options: BenchmarkOptions, log: Any = print) -> dict[str, Any]
     cfg = base_config(options)
     data = load_benchmark_data(cfg)
     cache_dir = options.cache_dir or str(Path(tempfile.gettempdir()) / "clara_benchmark_cache")
-    published, ours = published_settings(device), our_settings(device)
+    width = configured_encoder_width(cfg.model)
+    published, ours = published_settings(device), our_settings(device, width)
     report: dict[str, Any] = {"device": device, "torch": torch.__version__, "machine": machine_description(device),
                               "dataset": options.dataset, "data_dir": str(options.data_dir),
                               "encoders": options.encoders, "batch_size": options.batch_size,
@@ -435,10 +454,22 @@ def run_benchmark(options: BenchmarkOptions, log: Any = print) -> dict[str, Any]
                               "train_posts": len(data.splits["train"])}
 
     if options.train:
-        log(f"training: {options.warmup_steps} warm-up + {options.steps} measured steps of each settings, interleaved")
-        runs = measure_training(cfg, data, [published, ours], options.steps, options.warmup_steps, device, cache_dir, log)
+        compared = [published, ours]
+        if device == "cpu" and ours.precision == "bf16":  # what bf16 adds: ours in fp32 beside it
+            compared.append(dataclasses.replace(ours, name="ours_fp32", precision="fp32"))
+        log(f"training: {options.warmup_steps} warm-up + {options.steps} measured steps of "
+            f"{', '.join(s.name for s in compared)}, interleaved")
+        runs = measure_training(cfg, data, compared, options.steps, options.warmup_steps, device, cache_dir, log)
         speedup = runs["ours"]["samples_per_s"] / runs["published_settings"]["samples_per_s"]
-        report["train"] = {**runs, "speedup": speedup}
+        mixed, reason = resolve_training_precision("auto", device, width)
+        report["train"] = {**runs, "speedup": speedup,
+                           "precision": {"auto": mixed, "reason": reason, "encoder_width": width}}
+        if "ours_fp32" in runs:
+            report["train"]["speedup_fp32"] = runs["ours_fp32"]["samples_per_s"] / runs["published_settings"]["samples_per_s"]
+        if options.train_memory and device == "cpu":
+            log("peak memory of one training run (ours, its own process: build, 2 steps)")
+            report["train_peak_memory_mb"] = _child_process(
+                "_train_memory_child", dataclasses.replace(options, cache_dir=cache_dir), "", "")
 
     # Data loading alone needs the tokenizer and preprocessing only; the predictors (built anyway
     # for the prediction timings) supply both.
@@ -487,12 +518,34 @@ def run_benchmark(options: BenchmarkOptions, log: Any = print) -> dict[str, Any]
 def predictor_peak_memory(options: BenchmarkOptions, image_path: Path, text: str) -> dict[str, float]:
     """Peak RSS (MiB) of a fresh process holding one default-path Predictor: after building it, after
     20 predictions and after one explanation at the defaults (`_predictor_memory_child`)."""
-    arguments = json.dumps({"options": dataclasses.asdict(options), "image": str(image_path), "text": text})
-    done = subprocess.run([sys.executable, "-c", "from clara.train.benchmark import _predictor_memory_child as run; run()",
+    return _child_process("_predictor_memory_child", options, str(image_path), text)
+
+
+def _child_process(child: str, options: BenchmarkOptions, image_path: str, text: str) -> dict[str, Any]:
+    """Run this module's `child` in a fresh Python process (its own peak RSS); its last stdout line as JSON."""
+    arguments = json.dumps({"options": dataclasses.asdict(options), "image": image_path, "text": text})
+    done = subprocess.run([sys.executable, "-c", f"from clara.train.benchmark import {child} as run; run()",
                            arguments], capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
-        raise RuntimeError(f"the Predictor memory process failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"the {child} process failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _train_memory_child() -> None:
+    """Peak RSS of one training run with our settings at the options' batch size: model built, 2 steps."""
+    options = BenchmarkOptions(**json.loads(sys.argv[1])["options"])
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    cfg = base_config(options)
+    data = load_benchmark_data(cfg)
+    settings = our_settings(options.device, configured_encoder_width(cfg.model))
+    runner = TrainRunner(settings, cfg, data, None, options.device, options.cache_dir)
+    result: dict[str, Any] = {"built": peak_memory_mb(options.device)}
+    for _ in range(2):
+        runner.step(record=True)
+    result.update({"training": peak_memory_mb(options.device), "precision": settings.precision,
+                   "batch_size": options.batch_size})
+    print(json.dumps(result))
 
 
 def _predictor_memory_child() -> None:
@@ -522,12 +575,22 @@ def format_report(report: dict[str, Any]) -> str:
     train = report.get("train")
     if train:
         lines.append(f"{'training':<28}{'samples/s':>12}{'mean text tokens':>18}")
-        for name in ("published_settings", "ours"):
+        for name in [key for key, run in train.items() if isinstance(run, dict) and "samples_per_s" in run]:
             run = train[name]
             tokens = run["mean_padded_text_tokens"]
             shown = f"{tokens:.1f}" if tokens is not None else "-"
-            lines.append(f"  {name:<26}{run['samples_per_s']:>12.3f}{shown:>18}")
+            phases = ", ".join(f"{key[:-2]} {value:.2f}" for key, value in run.get("phases_mean_s", {}).items())
+            lines.append(f"  {name:<26}{run['samples_per_s']:>12.3f}{shown:>18}   {run['settings']['precision']}"
+                         f" (mean s: {phases})")
         lines.append(f"  {'speedup (ours / published)':<26}{train['speedup']:>12.2f}x")
+        if "speedup_fp32" in train:
+            lines.append(f"  {'speedup (ours_fp32 / published)':<26}{train['speedup_fp32']:>7.2f}x")
+        if "precision" in train:
+            lines.append(f"  train.mixed_precision=auto -> {train['precision']['auto']}: {train['precision']['reason']}")
+    if "train_peak_memory_mb" in report:
+        m = report["train_peak_memory_mb"]
+        lines.append(f"{'one training run, peak RSS':<28} built {m['built']:.0f} MiB, training {m['training']:.0f} MiB "
+                     f"(batch {m['batch_size']}, {m['precision']})")
     loading = report.get("data_loading", {})
     for name, run in loading.items():
         lines.append(f"{'data loading ' + name:<40}{run['images_per_s']:>10.1f} images/s")
@@ -555,70 +618,4 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{'one Predictor, peak RSS':<28} built {m['built']:.0f} MiB, predicting {m['predicting']:.0f} MiB"
                      + (f", explaining {m['explaining']:.0f} MiB" if "explaining" in m else ""))
     lines.append(f"{'peak memory (this process)':<28} {report['peak_memory_mb']:.0f} MiB ({report['peak_memory_kind']})")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- quality
-
-QUALITY_VARIANTS: dict[str, dict[str, Any]] = {
-    # Each kept optimisation alone against the published-settings baseline, then all together.
-    "published_settings": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True},
-    "dynamic_padding": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True},
-    "no_gradient_checkpointing": {"data.pad_to_max_length": True, "model.gradient_checkpointing": False},
-    "image_cache": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True, "data.image_cache": True},
-    "length_grouped": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True,
-                       "train.length_grouped": True},
-    "ours": {"data.pad_to_max_length": False, "model.gradient_checkpointing": False, "data.image_cache": True},
-}
-
-
-# A tiny-encoder recipe that learns the synthetic task (which needs both modalities) within a few
-# epochs (tests/test_train.py uses the same), so metrics differ from chance and can be compared.
-QUALITY_RECIPE: dict[str, Any] = {
-    "model.encoders": "tiny", "model.hidden_dim": 64, "model.fusion_heads": 4, "model.fusion_dropout": 0.0,
-    "model.head_dropout": 0.0, "train.lr": 2e-3, "train.eval_batch_size": 128, "train.mixed_precision": "no",
-    "data.check_images": False, "train.calibrate": False,
-}
-
-
-def compare_quality(dataset: str, data_dir: str, output_dir: str, epochs: int = 6, seeds: Sequence[int] = (1, 2),
-                    batch_size: int = 16, variants: Sequence[str] | None = None,
-                    log: Any = print) -> list[dict[str, Any]]:
-    """Short tiny-encoder trainings (clara.train.loop.train, QUALITY_RECIPE) per variant of
-    QUALITY_VARIANTS and seed; returns one row per run with the best val metrics and the test metrics."""
-    rows = []
-    for name in variants or list(QUALITY_VARIANTS):
-        for seed in seeds:
-            cfg = get_preset(dataset).override({
-                **QUALITY_RECIPE, "data.data_dir": data_dir, "train.epochs": epochs,
-                "train.patience": epochs, "train.batch_size": batch_size, "train.seed": seed,
-                "train.output_dir": str(Path(output_dir) / f"{name}_seed{seed}"),
-                "data.image_cache_dir": str(Path(output_dir) / "image_cache"),
-                **QUALITY_VARIANTS[name]})
-            started = time.perf_counter()
-            result = train(cfg, progress=False)
-            best = max(result.history, key=lambda entry: entry[f"val_{cfg.train.selection_metric}"])
-            rows.append({"variant": name, "seed": seed, "val_f1_weighted": best["val_f1_weighted"],
-                         "val_accuracy": best["val_accuracy"], "test_f1_weighted": result.metrics["f1_weighted"],
-                         "test_accuracy": result.metrics["accuracy"], "best_epoch": best["epoch"],
-                         "final_train_loss": result.history[-1]["train_loss"],
-                         "seconds": time.perf_counter() - started})
-            log(f"  quality {name} seed {seed}: val f1_w {best['val_f1_weighted']:.4f}, "
-                f"test f1_w {result.metrics['f1_weighted']:.4f}, {rows[-1]['seconds']:.0f} s")
-    return rows
-
-
-def format_quality(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table: one row per variant, metrics as mean over seeds (and each seed's value)."""
-    lines = ["| variant | val F1-w (per seed) | val acc | test F1-w | test acc | last train loss |",
-             "|---|---|---|---|---|---|"]
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_variant.setdefault(row["variant"], []).append(row)
-    for name, group in by_variant.items():
-        def mean(key: str) -> float:
-            return statistics.fmean(r[key] for r in group)
-        per_seed = ", ".join(f"{r['val_f1_weighted']:.3f}" for r in group)
-        lines.append(f"| {name} | {mean('val_f1_weighted'):.3f} ({per_seed}) | {mean('val_accuracy'):.3f} | "
-                     f"{mean('test_f1_weighted'):.3f} | {mean('test_accuracy'):.3f} | {mean('final_train_loss'):.4f} |")
     return "\n".join(lines)

@@ -14,6 +14,9 @@ _<ablation> to those names. Any config field can be set with --set section.field
 clara_<dataset>_last/ holds the optimizer, scheduler and early-stopping state): give the same
 arguments as the interrupted run and the same number of processes; the result equals an
 uninterrupted run. A kill mid-epoch repeats that one epoch.
+--report-to picks the experiment tracker (Accelerate's): loss and learning rate per optimizer step,
+the validation metrics per epoch; the default is TensorBoard when installed (`pip install
+"clara[track]"`), its files under OUT/tracking/ (`tensorboard --logdir OUT/tracking`).
 Exit status: 0 done (or --resume on a finished run: nothing to do), 1 training failed (e.g. the
 loss became NaN), 2 bad arguments or data folder, or nothing/something else to resume.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from clara.cli import EXIT_USAGE, OneLineParser, program_name, report_error, run_main
-from clara.config import ABLATIONS, DATASETS, Config, ConfigError, get_preset, parse_assignments
+from clara.config import ABLATIONS, DATASETS, REPORT_TO, Config, ConfigError, get_preset, parse_assignments
 
 PROG = program_name("train.py")
 
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (preset: 42)")
     parser.add_argument("--output-dir", type=Path,
                         help="stands for the repo root: checkpoints/ and results/ go under it (default: .)")
+    parser.add_argument("--report-to", choices=REPORT_TO,
+                        help="experiment tracker: auto (default: tensorboard when installed, else none), none, "
+                             "or one of Accelerate's")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="set any config field, e.g. train.weight_decay=0.05 (repeatable)")
     parser.add_argument("--print-params", action="store_true",
@@ -91,6 +97,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         "train.max_steps_per_epoch": args.max_steps_per_epoch,
         "train.seed": args.seed,
         "train.output_dir": str(args.output_dir) if args.output_dir else None,
+        "train.report_to": args.report_to,
     }
     assignments: dict[str, object] = {key: value for key, value in flags.items() if value is not None}
     assignments.update(parse_assignments(args.assignments))
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from clara.data import DatasetError, ImageError
     from clara.model import EncoderError
-    from clara.train.loop import OutputDirError, TrainingError, train
+    from clara.train.loop import OutputDirError, TrackerError, TrainingError, train
     from clara.train.resume import ResumeError, RunAlreadyFinished
 
     try:
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
              "that file, or train with data.check_images=true", EXIT_FAILED)
     except DatasetError as exc:
         fail(f"--data-dir {args.data_dir}: {exc}")
-    except (OutputDirError, EncoderError) as exc:
+    except (OutputDirError, EncoderError, TrackerError) as exc:
         fail(str(exc))
     except TrainingError as exc:
         fail(str(exc), EXIT_FAILED)

@@ -7,19 +7,19 @@ one trains (scripts/make_demo_checkpoint.py is its command)."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from clara.batch import PREDICTIONS_FILE, read_predictions, write_predictions_csv
 from clara.catalog import DEMO_FOLDERS
 from clara.checkpoint import WEIGHTS_FILE, LoadedCheckpoint, load_checkpoint, save_checkpoint
 from clara.config import Config, get_preset
@@ -28,14 +28,15 @@ from clara.data.synthetic import read_meta, write_synthetic
 from clara.evaluate import summary_metrics
 from clara.inference import Predictor
 from clara.train import loop
+from clara.train.tiny import TINY_MODEL
 
 GALLERY_DATASET = "mvsa_single"  # the examples gallery comes from this demo (the one the app opens on)
-# Over every dataset's preset: small fusion and heads keep each checkpoint at a few MB (the default
-# 512-wide fusion is 56 MB); the paper's token co-attention (the presets follow the notebooks'
-# pooled fusion), so that the Attention page has token-to-patch maps to draw.
+# Over every dataset's preset: the tiny model setting (its small fusion and heads keep each
+# checkpoint at a few MB; the default 512-wide fusion is 56 MB); the paper's token co-attention
+# (the presets follow the notebooks' pooled fusion), so that the Attention page has token-to-patch
+# maps to draw.
 SETTINGS = {
-    "model.encoders": "tiny", "model.fusion": "token", "model.hidden_dim": "64", "model.fusion_heads": "4",
-    "model.head_hidden_dim": "64",
+    **TINY_MODEL, "model.fusion": "token",
     "train.batch_size": "32", "train.eval_batch_size": "128", "train.lr": "3e-3", "train.warmup_ratio": "0.05",
     "train.grad_accum_steps": "1", "train.mixed_precision": "no", "data.check_images": "false",
 }
@@ -161,7 +162,7 @@ def write_demo_results(source: Path, target: Path, checkpoint_name: str, data: d
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for path in source.iterdir():
-        if path.is_file() and path.name != "predictions.csv":
+        if path.is_file() and path.name != PREDICTIONS_FILE:
             shutil.copy2(path, target / path.name)
     metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
     metrics["checkpoint"] = checkpoint_name  # the folder above this one (was a temporary path)
@@ -170,25 +171,22 @@ def write_demo_results(source: Path, target: Path, checkpoint_name: str, data: d
 
     images = target / "images"
     images.mkdir()
-    with (source / "predictions.csv").open(encoding="utf-8", newline="") as file:
-        reader = csv.DictReader(file)
-        fields, rows = reader.fieldnames, list(reader)
-    for row in rows:
-        original = Path(row["image_path"])
-        copy = images / f"{row['id']}{original.suffix.lower()}"
+    labels = metrics["labels"]
+    rows = []
+    for record in read_predictions(source / PREDICTIONS_FILE, labels):
+        original = Path(record.image_path)
+        copy = images / f"{record.id}{original.suffix.lower()}"
         shutil.copy2(original, copy)
-        row["image_path"] = copy.relative_to(target).as_posix()  # relative to the results folder
-    with (target / "predictions.csv").open("w", encoding="utf-8", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        record.image_path = copy.relative_to(target).as_posix()  # relative to the results folder
+        rows.append(asdict(record))
+    write_predictions_csv(target / PREDICTIONS_FILE, rows, labels)
 
 
 def write_examples(checkpoint: Path, results: Path, data_dir: Path, examples_dir: Path) -> list[dict[str, Any]]:
     """Correctly classified test posts per class, plus a meme-style copy of one with its text drawn in."""
     meta = read_meta(data_dir)["posts"]
-    with (results / "predictions.csv").open(encoding="utf-8", newline="") as file:
-        correct = [row for row in csv.DictReader(file) if row["label"] == row["predicted"]]
+    labels = json.loads((results / "metrics.json").read_text(encoding="utf-8"))["labels"]
+    correct = [asdict(record) for record in read_predictions(results / PREDICTIONS_FILE, labels) if record.correct]
     chosen = []
     for label, count in EXAMPLES_PER_CLASS.items():
         rows = [r for r in correct if r["label"] == label]

@@ -7,7 +7,8 @@ clara.train.losses, clara.train.resume and the library's checkpoint and evaluati
 Per epoch: train, score val, keep the best epoch by train.selection_metric (early stopping after
 `patience`); then the best checkpoint is evaluated on test and the results folder written. From
 train.full_finetune_from_epoch (MVSA-Multiple: 3) every encoder weight trains, not only LoRA.
-Outputs: OUT/checkpoints/clara_NAME_{best,last}/ and OUT/results/NAME/ (run_paths).
+Outputs: OUT/checkpoints/clara_NAME_{best,last}/, OUT/results/NAME/ and, per train.report_to, an
+Accelerate tracker's run (TensorBoard: OUT/tracking/NAME/; loss and lr per step, history per epoch).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -32,11 +34,12 @@ from clara.config import Config
 from clara.data import LoadedDataset, load_configured_dataset
 from clara.data.dataset import MODEL_INPUTS, truncated_texts
 from clara.data.images import model_image_transform
-from clara.evaluate import compute_metrics, prediction_rows, score_split, write_results
+from clara.evaluate import SUMMARY_METRICS, compute_metrics, prediction_rows, score_split, write_results
 from clara.locks import FolderBusyError, training_lock
 from clara.model import CLARAOutput, create_model
 from clara.outputs import write_problem
-from clara.precision import default_device, resolve_mixed_precision
+from clara.model.encoders import configured_encoder_width
+from clara.precision import default_device, resolve_training_precision
 from clara.train.data import (NEGATIVE_LABEL, build_image_cache, build_train_loader, build_val_loader,
                               negative_index)
 from clara.train.losses import clara_loss, training_class_weights
@@ -53,6 +56,10 @@ class OutputDirError(TrainingError):
     """The output folder cannot be written (checked before any training)."""
 
 
+class TrackerError(TrainingError):
+    """The tracker train.report_to names is not installed (checked before any training)."""
+
+
 @dataclass
 class TrainResult:
     best_dir: Path
@@ -67,6 +74,7 @@ class RunPaths:
     best_dir: Path
     last_dir: Path
     results_dir: Path
+    tracking_dir: Path  # Accelerator's project_dir: trackers that write files put the run's under it
 
 
 def run_name(cfg: Config) -> str:
@@ -79,7 +87,7 @@ def run_paths(cfg: Config) -> RunPaths:
     name = run_name(cfg)
     return RunPaths(best_dir=root / "checkpoints" / f"clara_{name}_best",
                     last_dir=root / "checkpoints" / f"clara_{name}_last",
-                    results_dir=root / "results" / name)
+                    results_dir=root / "results" / name, tracking_dir=root / "tracking")
 
 
 def check_writable(paths: RunPaths) -> None:
@@ -97,6 +105,65 @@ def format_param_counts(counts: dict[str, int]) -> str:
     share = 100.0 * counts["trainable"] / max(counts["total"], 1)
     return (f"trainable params: {counts['trainable']:,} || all params: {counts['total']:,} "
             f"|| trainable%: {share:.4f}")
+
+
+def resolve_trackers(report_to: str) -> tuple[list[str], str]:
+    """(Accelerate's `log_with`, the words of the run's log line) for train.report_to; TrackerError
+    naming what to install when the tracker asked for is not installed."""
+    available = {str(tracker) for tracker in get_available_trackers()}
+    if report_to == "auto":
+        if "tensorboard" in available:
+            return ["tensorboard"], "tensorboard (the default, as it is installed)"
+        return [], f'none (the default, as tensorboard is not installed: {TRACKER_INSTALL["tensorboard"]})'
+    if report_to == "none":
+        return [], "none (train.report_to=none)"
+    if report_to not in available:
+        install = TRACKER_INSTALL.get(report_to, f"pip install {report_to}")
+        raise TrackerError(f"train.report_to={report_to} (--report-to): the {report_to} package is not installed; "
+                           f"{install}, or report to none")
+    return [report_to], report_to
+
+
+# The tracker packages are named as the trackers; TensorBoard comes with clara's `track` extra.
+TRACKER_INSTALL = {"tensorboard": 'pip install "clara[track]"'}
+
+
+def tracked_config(cfg: Config) -> dict[str, str | int | float | bool | None]:
+    """The resolved config as trackers take it: `section.field` -> a scalar (lists comma-joined,
+    objects as JSON)."""
+    flat: dict[str, str | int | float | bool | None] = {}
+    for section, fields in cfg.to_dict().items():
+        for name, value in fields.items():
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(item) for item in value)
+            elif isinstance(value, dict):
+                value = json.dumps(value, sort_keys=True)
+            flat[f"{section}.{name}"] = value
+    return flat
+
+
+def epoch_scalars(entry: dict[str, Any]) -> dict[str, float]:
+    """A history entry as tracker scalars: `val_X` as `val/X`, every other number as `epoch/KEY`."""
+    return {(f"val/{key[4:]}" if key.startswith("val_") else f"epoch/{key}"): value for key, value in entry.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def steps_done(history: list[dict[str, Any]]) -> int:
+    """Optimizer steps of the epochs in `history`: the tracker's step before the next epoch."""
+    return sum(int(entry.get("steps") or 0) for entry in history)
+
+
+def agreed_training_precision(cfg: Config) -> tuple[str, str]:
+    """(Accelerate's mixed_precision, why) for `cfg`, the first process's decision on every process:
+    `auto` is bf16 where this machine's probe finds it faster at these encoders' width (clara.precision),
+    and a timed probe could decide differently in two processes of one run under load."""
+    device = default_device()
+    state = PartialState(cpu=device.type == "cpu")  # the process group the Accelerator then joins
+    decision = [resolve_training_precision(cfg.train.mixed_precision, device, configured_encoder_width(cfg.model))
+                if state.is_main_process else None]
+    if state.num_processes > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    return decision[0]
 
 
 def train(cfg: Config, progress: bool = True, resume: bool = False) -> TrainResult:
@@ -124,18 +191,34 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
     """train(), while the output folder's lock is held."""
     cfg.validate()
     tcfg = cfg.train
+    log_with, tracking_note = resolve_trackers(tcfg.report_to)
+    paths = run_paths(cfg)
     # cpu=True on a machine without a GPU is what makes several processes (torchrun, or
     # `accelerate launch --multi_gpu`) form a gloo group instead of each training alone.
     # find_unused_parameters: train-time ablations skip an encoder or a head, and a preset whose
     # loss weights are overridden to 0 may leave a head without gradient (DDP would hang on it).
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, default_device()),
+    mixed_precision, precision_reason = agreed_training_precision(cfg)
+    accelerator = Accelerator(mixed_precision=mixed_precision,
                               gradient_accumulation_steps=tcfg.grad_accum_steps,
                               cpu=default_device().type == "cpu",
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    is_main = accelerator.is_main_process
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              log_with=log_with or None, project_dir=str(paths.tracking_dir))
     log = accelerator.print
     log(f"accelerate: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
-        f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+        f"device {accelerator.device}, mixed precision {accelerator.mixed_precision} ({precision_reason})")
+    log(f"tracking: {tracking_note}" + (f"; files under {paths.tracking_dir / run_name(cfg)}"
+                                        if "tensorboard" in log_with else ""))
+    try:
+        return _train_run(cfg, accelerator, progress, resume)
+    finally:
+        accelerator.end_training()  # the trackers' files closed, also after a failure or Ctrl-C
+
+
+def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bool) -> TrainResult:
+    """_train() once the Accelerator is made."""
+    tcfg = cfg.train
+    is_main = accelerator.is_main_process
+    log = accelerator.print
     paths = run_paths(cfg)
     # Every process checks, so that all of them stop together instead of waiting on the main one.
     check_writable(paths)
@@ -158,6 +241,11 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
         note = interrupted_best_note(paths.best_dir, resume_state)
         if note:
             log(note)
+    resumed_steps = steps_done(resume_state.history) if resume_state is not None else 0
+    # A resumed run's step counter continues; TensorBoard hides what the interrupted run logged
+    # after its last completed epoch (purge_step), so a repeated epoch is drawn once.
+    accelerator.init_trackers(run_name(cfg), config=tracked_config(cfg),
+                              init_kwargs={"tensorboard": {"purge_step": resumed_steps + 1}} if resumed_steps else None)
 
     if data is None:
         data = load_configured_dataset(cfg.data, progress=progress and is_main)
@@ -256,9 +344,17 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
         def check_finite(value: torch.Tensor, what: str, step: int) -> None:
             _stop_if_not_finite(accelerator, value, what, epoch, step, paths, best_epoch)
 
+        steps_before = steps_done(history)
+
+        def log_step(step: int, loss: torch.Tensor, lr: float) -> None:
+            # log_with is the same on every process (all take part in the reduce); only the main one has trackers.
+            if accelerator.log_with:
+                accelerator.log({"train/loss": float(accelerator.reduce(loss, "mean")), "train/lr": lr},
+                                step=steps_before + step)
+
         train_parts, optimizer_steps, samples_seen = _train_epoch(
             accelerator, model, optimizer, scheduler, train_loader, weights, tcfg, mixup, steps_per_epoch,
-            bar, check_finite)
+            bar, check_finite, log_step)
         bar.close()
         train_time = time.perf_counter() - started
 
@@ -288,6 +384,7 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
         log(f"epoch {epoch}: train loss {entry['train_loss']:.4f}, val {metric_name} {value:.4f}, "
             f"val accuracy {val_metrics['accuracy']:.4f}{' (best)' if improved else ''}, "
             f"{entry['epoch_time_s']:.1f} s")
+        accelerator.log(epoch_scalars(entry), step=steps_before + optimizer_steps)
 
         training_done = epoch == tcfg.epochs or stale_epochs >= tcfg.patience
         if is_main:
@@ -321,6 +418,7 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
         log(f"test ({paths.best_dir.name}, epoch {best_epoch}): accuracy {metrics['accuracy']:.4f}, "
             f"f1_weighted {metrics['f1_weighted']:.4f}, f1_macro {metrics['f1_macro']:.4f}; "
             f"results in {paths.results_dir}")
+        accelerator.log({f"test/{name}": float(metrics[name]) for name in SUMMARY_METRICS}, step=steps_done(history))
     accelerator.wait_for_everyone()
     if not is_main:
         metrics = json.loads((paths.results_dir / METRICS_FILE).read_text(encoding="utf-8"))
@@ -346,8 +444,9 @@ def _evaluate_best(cfg: Config, data: LoadedDataset, paths: RunPaths, accelerato
 
 def _train_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any,
                  loader: Iterable[dict[str, Any]], weights: torch.Tensor, tcfg: Any, mixup: NegativeMixup | None,
-                 max_steps: int, bar: Any, check_finite: Any) -> tuple[dict[str, float], int, int]:
-    """One pass over the training loader (at most `max_steps` optimizer steps).
+                 max_steps: int, bar: Any, check_finite: Any, log_step: Any) -> tuple[dict[str, float], int, int]:
+    """One pass over the training loader (at most `max_steps` optimizer steps); `log_step(step,
+    loss, lr)` after each optimizer step, with the mean loss of its micro-batches.
 
     Returns the mean of each loss part over the micro-batches, the optimizer steps taken and the
     posts this process saw.
@@ -356,6 +455,7 @@ def _train_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: An
     trainable = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
     micro_batches, optimizer_steps, samples_seen = 0, 0, 0
+    step_loss, step_batches = torch.zeros((), device=accelerator.device), 0
     for batch in loader:
         if mixup is not None:
             batch = mixup(batch)
@@ -380,10 +480,13 @@ def _train_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: An
             sums[name] += value
         micro_batches += 1
         samples_seen += len(batch["labels"])
+        step_loss, step_batches = step_loss + parts["loss"], step_batches + 1
         if accelerator.sync_gradients:
             optimizer_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+            log_step(optimizer_steps, step_loss / step_batches, scheduler.get_last_lr()[0])
+            step_loss, step_batches = torch.zeros((), device=accelerator.device), 0
             if optimizer_steps >= max_steps:
                 break
     if hasattr(loader, "end"):

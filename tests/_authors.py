@@ -205,6 +205,39 @@ def save_encoders(folder: Path, encoder_configs: tuple[CLIPVisionConfig, Deberta
     return folder
 
 
+# Module fixtures of the notebook-import tests (import them by name into a test module): a tiny
+# WordPiece tokenizer trained on the module's TEXTS, both encoder sizes' configs, and the narrow
+# encoders saved as an --encoders-from folder.
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, request) -> Path:
+    from clara.model.encoders import TINY_TOKENIZER_VOCAB, train_wordpiece_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    train_wordpiece_tokenizer(request.module.TEXTS, TINY_TOKENIZER_VOCAB).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def encoder_configs(tokenizer) -> dict[str, tuple[CLIPVisionConfig, DebertaV2Config]]:
+    """"narrow" (768 wide, as the notebooks hard-code) and "tiny" (our tiny encoders) configs."""
+    return {"narrow": narrow_encoder_configs(len(tokenizer), tokenizer.pad_token_id),
+            "tiny": tiny_encoder_configs(len(tokenizer), tokenizer.pad_token_id)}
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory, encoder_configs, tokenizer) -> Path:
+    """The narrow encoders' "pretrained" weights as an --encoders-from folder (vision/, text/)."""
+    return save_encoders(tmp_path_factory.mktemp("encoders"), encoder_configs["narrow"], tokenizer)
+
+
 @dataclass
 class AuthorsModel:
     dataset: str

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from clara.config import Config, get_preset
+from clara.train.tiny import TINY_MODEL
 
 TEXTS = [
     "i love this sunny day at the park",
@@ -22,11 +23,11 @@ TEXTS = [
 
 # The presets' 512-wide fusion dominates a tiny model's cost; explanations run the model hundreds
 # of times, so the tests use a narrow fusion (same code paths).
-TINY_FUSION = {"model.hidden_dim": "64", "model.fusion_heads": "4", "model.fusion": "token"}
+TINY_FUSION = {**TINY_MODEL, "model.fusion": "token"}
 
 
 def tiny_config(dataset: str = "mvsa_single", **overrides: str) -> Config:
-    return get_preset(dataset).override({"model.encoders": "tiny", **TINY_FUSION, **overrides})
+    return get_preset(dataset).override({**TINY_FUSION, **overrides})
 
 
 def tiny_predictor(out_dir: Path, cfg: Config | None = None, texts: list[str] | None = None, seed: int = 0):

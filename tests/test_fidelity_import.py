@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 import _authors as authors
 from _authors import runs_authors_code
@@ -22,7 +21,6 @@ from _authors_import import save_as_notebook
 from clara.checkpoint import load_checkpoint
 from clara.checkpoint.notebook import import_notebook_checkpoint
 from clara.checkpoint.notebook_files import NOTEBOOK_FILES, NotebookImportError
-from clara.model.encoders import TINY_TOKENIZER_VOCAB, train_wordpiece_tokenizer
 
 TEXTS = ["i love this sunny day at the park", "what an awful rainy morning on the bus",
          "just a photo of the street today", "no"]
@@ -37,28 +35,9 @@ ENCODER_KIND = {"mvsa_single": "narrow", "hfm": "narrow", "mvsa_multiple": "tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*deprecated:FutureWarning")
 
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tokenizer")
-    train_wordpiece_tokenizer(TEXTS, TINY_TOKENIZER_VOCAB).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def encoder_configs(tokenizer) -> dict[str, tuple]:
-    return {"narrow": authors.narrow_encoder_configs(len(tokenizer), tokenizer.pad_token_id),
-            "tiny": authors.tiny_encoder_configs(len(tokenizer), tokenizer.pad_token_id)}
-
-
-@pytest.fixture(scope="module")
-def encoders(tmp_path_factory, encoder_configs, tokenizer) -> Path:
-    return authors.save_encoders(tmp_path_factory.mktemp("encoders"), encoder_configs["narrow"], tokenizer)
+# The notebook-import fixtures (tests/_authors.py), over this module's TEXTS.
+tokenizer_dir, tokenizer, encoder_configs, encoders = (authors.tokenizer_dir, authors.tokenizer,
+                                                       authors.encoder_configs, authors.encoders)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 import _authors as authors
 from _authors import runs_authors_code
 from clara.checkpoint import load_checkpoint
-from clara.model.encoders import TINY_TOKENIZER_VOCAB, train_wordpiece_tokenizer
 from clara.checkpoint.notebook import import_notebook_checkpoint
 from clara.checkpoint.notebook_files import NOTEBOOK_FILES, NotebookImportError, read_notebook_file
 from clara.checkpoint.notebook_keys import map_notebook_state_dict
@@ -35,30 +33,9 @@ TEXTS = ["i love this sunny day at the park", "what an awful rainy morning on th
 DATASET_VARIANT = {"mvsa_single": "single", "hfm": "single", "mvsa_multiple": "multiple"}
 IMAGE_SIZE = {"narrow": 64, "tiny": 96}
 
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tokenizer")
-    train_wordpiece_tokenizer(TEXTS, TINY_TOKENIZER_VOCAB).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def encoder_configs(tokenizer) -> dict[str, tuple]:
-    """"narrow" (768 wide, as the notebooks hard-code) and "tiny" (our tiny encoders) configs."""
-    return {"narrow": authors.narrow_encoder_configs(len(tokenizer), tokenizer.pad_token_id),
-            "tiny": authors.tiny_encoder_configs(len(tokenizer), tokenizer.pad_token_id)}
-
-
-@pytest.fixture(scope="module")
-def encoders(tmp_path_factory, encoder_configs, tokenizer) -> Path:
-    """The narrow encoders' "pretrained" weights as an --encoders-from folder (vision/, text/)."""
-    return authors.save_encoders(tmp_path_factory.mktemp("encoders"), encoder_configs["narrow"], tokenizer)
+# The notebook-import fixtures (tests/_authors.py), over this module's TEXTS.
+tokenizer_dir, tokenizer, encoder_configs, encoders = (authors.tokenizer_dir, authors.tokenizer,
+                                                       authors.encoder_configs, authors.encoders)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import re
-import resource
 import shutil
 import signal
 import struct
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from _eval_utils import build_model, published_config, tiny_config, write_encoder_folders
+from _process_utils import WarmPython
 from clara.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clara.locks import TRAINING_LOCK_FILE, lock_temporary_folder, release_temporary_folder
 from clara.model import EncoderError, build_text_encoder
@@ -42,10 +43,23 @@ pathlib.Path({marker!r}).write_text("the shipped code ran")
 """
 
 
-def run_script(script: Path, *args: str, stdin: str = "y\n", timeout: int = 180) -> subprocess.CompletedProcess:
-    """The script in a fresh process, answering `y` to any question on stdin (as an attacker hopes)."""
-    return subprocess.run([sys.executable, str(script), *map(str, args)], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=ENV, cwd=REPO)
+@pytest.fixture(scope="module")
+def scripts() -> Iterator[WarmPython]:
+    """Runs each script as a process of its own, forked from one Python that imported torch,
+    transformers and clara once (tests/_process_utils.py): a fresh interpreter's imports cost
+    more than most of these runs."""
+    warm = WarmPython(ENV, REPO)
+    try:
+        assert messages(warm.preload_stderr()) == [], warm.preload_stderr()[-3000:]  # importing printed nothing
+        yield warm
+    finally:
+        warm.close()
+
+
+def run_script(scripts: WarmPython, script: Path, *args: str, stdin: str = "y\n",
+               timeout: int = 180) -> subprocess.CompletedProcess:
+    """The script in a process of its own, answering `y` to any question on stdin (as an attacker hopes)."""
+    return scripts.run(script, *args, stdin=stdin, timeout=timeout)
 
 
 def demo_copy(tmp_path: Path) -> Path:
@@ -77,7 +91,8 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 # ------------------------------------------------------------------ no remote code
 
 @pytest.mark.parametrize("attack", ["auto_map and code file", "auto_map naming code elsewhere", "custom class"])
-def test_a_checkpoint_tokenizer_asking_for_custom_code_is_refused_without_running_it(tmp_path, post_image, attack):
+def test_a_checkpoint_tokenizer_asking_for_custom_code_is_refused_without_running_it(tmp_path, post_image, attack,
+                                                                                    scripts):
     folder = demo_copy(tmp_path)
     marker = tmp_path / "pwned"
     settings_file = folder / "tokenizer" / "tokenizer_config.json"
@@ -93,7 +108,7 @@ def test_a_checkpoint_tokenizer_asking_for_custom_code_is_refused_without_runnin
         settings["auto_map"] = {"AutoTokenizer": [None, "attacker/repo--evil.EvilTokenizer"]}
     settings_file.write_text(json.dumps(settings))
 
-    line = one_error_line(run_script(PREDICT, "--checkpoint", folder, "--image", post_image, "--text", "hi"))
+    line = one_error_line(run_script(scripts, PREDICT, "--checkpoint", folder, "--image", post_image, "--text", "hi"))
     assert not marker.exists()
     assert "bad checkpoint" in line
     expected = {"auto_map and code file": "evil.py is Python code inside a model folder",
@@ -102,7 +117,7 @@ def test_a_checkpoint_tokenizer_asking_for_custom_code_is_refused_without_runnin
     assert expected in line, line
 
 
-def test_a_local_text_encoder_asking_for_custom_code_is_refused_without_running_it(tmp_path, post_image):
+def test_a_local_text_encoder_asking_for_custom_code_is_refused_without_running_it(tmp_path, post_image, scripts):
     vision_dir, text_dir = write_encoder_folders(tmp_path / "hub")
     cfg = published_config(vision_dir, text_dir)
     model, tokenizer = build_model(cfg)
@@ -118,8 +133,8 @@ def test_a_local_text_encoder_asking_for_custom_code_is_refused_without_running_
         "class EvilConfig(DebertaV2Config):\n    model_type = 'evil-deberta'\n"
         "class EvilModel(DebertaV2Model):\n    config_class = EvilConfig\n"))
 
-    line = one_error_line(run_script(PREDICT, "--checkpoint", checkpoint, "--image", post_image, "--text", "hi",
-                                     "--set", f"model.text_encoder={evil}"))
+    line = one_error_line(run_script(scripts, PREDICT, "--checkpoint", checkpoint, "--image", post_image, "--text",
+                                     "hi", "--set", f"model.text_encoder={evil}"))
     assert not marker.exists()
     assert f"refusing model.text_encoder='{evil}'" in line and "evil.py is Python code" in line, line
     # The same folder without the code file: its auto_map alone is refused.
@@ -183,12 +198,12 @@ def test_check_model_folder_accepts_real_folders_and_names_each_refusal(tmp_path
 
 # ------------------------------------------------------------------ weights checked at load
 
-def test_all_nan_weights_are_refused_naming_a_tensor(tmp_path, post_image):
+def test_all_nan_weights_are_refused_naming_a_tensor(tmp_path, post_image, scripts):
     folder = demo_copy(tmp_path)
     tensors = load_file(str(folder / "model.safetensors"))
     save_file({key: torch.full_like(t, float("nan")) if t.is_floating_point() else t for key, t in tensors.items()},
               str(folder / "model.safetensors"))
-    line = one_error_line(run_script(PREDICT, "--checkpoint", folder, "--image", post_image, "--text", "hi"))
+    line = one_error_line(run_script(scripts, PREDICT, "--checkpoint", folder, "--image", post_image, "--text", "hi"))
     assert "NaN/inf values" in line and any(f"tensor {key} holds" in line for key in tensors), line
 
 
@@ -242,34 +257,32 @@ print(json.dumps({"outcome": outcome, "seconds": time.perf_counter() - started,
 """
 
 
-def run_limited(command: list[str]) -> subprocess.CompletedProcess:
-    """`command` under a 6 GB address-space limit (what the issue's attack ran under)."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV, cwd=REPO, preexec_fn=limit)
+def run_limited(scripts: WarmPython, script: Path | None, *args: str | Path,
+                code: str | None = None) -> subprocess.CompletedProcess:
+    """The script (or `python -c code`) under a 6 GB address-space limit (what the issue's attack ran under)."""
+    return scripts.run(script, *args, code=code, address_space=ADDRESS_SPACE_LIMIT, timeout=300)
 
 
 @pytest.mark.parametrize("width, height", [(1, 400_000), (100_000, 1), (12_000, 1)])
-def test_thin_images_are_refused_fast_in_bounded_memory(tmp_path, width, height):
+def test_thin_images_are_refused_fast_in_bounded_memory(tmp_path, width, height, scripts):
     image = tmp_path / "thin.png"
     image.write_bytes(thin_png(width, height))
     assert image.stat().st_size < 2_000
-    done = run_limited([sys.executable, "-c", PREDICT_ONCE, str(DEMO), str(image)])
+    done = run_limited(scripts, None, DEMO, image, code=PREDICT_ONCE)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["outcome"].startswith("refused: ") or report["outcome"] == "predicted", report
     assert report["seconds"] < 5, report
     assert report["peak_rss"] < 1.5 * 1024 ** 3, f"peak RSS {report['peak_rss'] / 2**20:.0f} MiB"
     # predict.py under the same limit: one line, exit 2
-    done = run_limited([sys.executable, str(PREDICT), "--checkpoint", str(DEMO), "--image", str(image),
-                        "--text", "a post"])
+    done = run_limited(scripts, PREDICT, "--checkpoint", DEMO, "--image", image, "--text", "a post")
     lines = messages(done.stderr)
     assert done.returncode == 2 and len(lines) == 1 and f"{width}x{height}" in lines[0], done.stderr[-3000:]
 
 
 # ------------------------------------------------------------------ training lock, killed saves, file modes
 
-def test_a_second_concurrent_training_into_the_same_output_dir_refuses(tmp_path):
+def test_a_second_concurrent_training_into_the_same_output_dir_refuses(tmp_path, scripts):
     from clara.data.synthetic import write_synthetic
 
     data = Path(write_synthetic("mvsa_single", tmp_path / "data", n=48, seed=1)["out_dir"])
@@ -289,7 +302,7 @@ def test_a_second_concurrent_training_into_the_same_output_dir_refuses(tmp_path)
                 except Timeout:
                     break
             time.sleep(0.5)
-        second = run_script(TRAIN, *args, "--epochs", "1", stdin="")
+        second = run_script(scripts, TRAIN, *args, "--epochs", "1", stdin="")
         lines = messages(second.stderr)
         assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
         assert lines[0] == (f"train.py: error: another training run is writing to {out} (it holds "
@@ -354,24 +367,21 @@ def test_the_importer_never_repeats_torchs_advice_to_unpickle(tmp_path, protocol
 # ------------------------------------------------------------------ output errors in scripts
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
-def test_a_full_disk_under_a_scripts_output_is_one_line_not_a_traceback(tmp_path):
+def test_a_full_disk_under_a_scripts_output_is_one_line_not_a_traceback(tmp_path, scripts):
     from clara.data.synthetic import write_synthetic
 
     data = Path(write_synthetic("mvsa_single", tmp_path / "data", n=40, seed=0, quirks=False)["out_dir"])
-    with open("/dev/full", "w") as full:  # standard output on a full disk
-        done = subprocess.run([sys.executable, str(REPO / "scripts" / "data_summary.py"), "--dataset", "mvsa_single",
-                               "--data-dir", str(data)], stdout=full, stderr=subprocess.PIPE, text=True, env=ENV,
-                              cwd=REPO, timeout=120)
+    done = scripts.run(REPO / "scripts" / "data_summary.py", "--dataset", "mvsa_single", "--data-dir", data,
+                       stdout_path="/dev/full", timeout=120)  # standard output on a full disk
     assert done.returncode == 2
     assert messages(done.stderr) == ["data_summary.py: error: cannot write the output: No space left on device"]
-    done = run_script(REPO / "scripts" / "evaluate.py", "--checkpoint", DEMO, "--dataset", "mvsa_single",
+    done = run_script(scripts, REPO / "scripts" / "evaluate.py", "--checkpoint", DEMO, "--dataset", "mvsa_single",
                       "--data-dir", data, "--no-ablations", "--results-dir", tmp_path / "results", "--out", "/dev/full")
     assert done.returncode == 2
     assert messages(done.stderr) == ["evaluate.py: error: cannot write the output: No space left on device"]
     post = tmp_path / "post.png"
     Image.new("RGB", (32, 32)).save(post)
-    with open("/dev/full", "w") as full:  # predict.py's one-post answer on standard output
-        done = subprocess.run([sys.executable, str(PREDICT), "--checkpoint", str(DEMO), "--image", str(post), "--text",
-                               "hi"], stdout=full, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO, timeout=180)
+    done = scripts.run(PREDICT, "--checkpoint", DEMO, "--image", post, "--text", "hi", stdout_path="/dev/full",
+                       timeout=180)  # predict.py's one-post answer on standard output
     assert done.returncode == 2
     assert messages(done.stderr) == ["predict.py: error: cannot write the output: No space left on device"]

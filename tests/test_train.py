@@ -22,6 +22,7 @@ import torch
 from clara.config import get_preset
 from clara.data import load_dataset
 from clara.data.synthetic import write_synthetic
+from clara.train.tiny import TINY_MODEL, tiny_model_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "scripts" / "train.py"
@@ -55,15 +56,13 @@ def tiny_folders(tmp_path_factory) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 # The >= 15-point test: the full model needs both modalities and gets them; ablations cannot.
 
-# Tiny encoders keep the published 512-wide fusion, whose token co-attention costs ~30x the
-# tiny encoders on a CPU; a 64-wide fusion makes every run here several times faster.
-SMALL_FUSION = {"model.hidden_dim": "64", "model.fusion_heads": "4"}
-SMALL_FUSION_ARGS = [arg for key, value in SMALL_FUSION.items() for arg in ("--set", f"{key}={value}")]
+# Every run here trains the tiny model setting (clara/train/tiny.py): the presets' 512-wide fusion
+# would cost ~30x the tiny encoders on a CPU.
+
 # Tuned so the full model gets past the "one modality" plateau (~50 %) within the budget on
 # several data/training seeds (82-99 % test accuracy seen), while no single modality can exceed ~50 %.
 FUSION_SETTINGS = {
-    **SMALL_FUSION,
-    "model.encoders": "tiny",
+    **TINY_MODEL,
     "model.fusion_dropout": "0",
     "model.head_dropout": "0",
     "train.epochs": "6",
@@ -73,6 +72,7 @@ FUSION_SETTINGS = {
     "train.lr": "2e-3",
     "train.mixed_precision": "no",
     "data.check_images": "false",  # clean synthetic data: skip the load-time decode of every image
+    "data.image_cache": "true",  # decoded once for all three runs (bit-identical crops: the same training)
 }
 
 
@@ -95,6 +95,7 @@ def test_full_model_beats_text_only_and_image_only_by_15_points(tmp_path):
     for ablation in (None, "text_only", "image_only"):
         cfg = get_preset("mvsa_single").override({
             **FUSION_SETTINGS, "data.data_dir": str(data_dir), "train.output_dir": str(tmp_path / "out"),
+            "data.image_cache_dir": str(tmp_path / "image_cache"),
             "model.ablation": "none" if ablation is None else ablation})
         result = train(cfg, progress=False)
         accuracy[ablation or "full"] = result.metrics["accuracy"]
@@ -117,7 +118,7 @@ def test_every_dataset_trains_end_to_end_from_its_raw_format(dataset, tiny_folde
     script = load_train_script()
     status = script.main(["--dataset", dataset, "--data-dir", str(tiny_folders[dataset]), "--encoders", "tiny",
                           "--epochs", "1", "--batch-size", "8", "--output-dir", str(tmp_path), "--no-progress",
-                          *SMALL_FUSION_ARGS])
+                          *tiny_model_args()])
     assert status == 0
     printed = capsys.readouterr().out
     assert "trainable params:" in printed and "skipped" in printed
@@ -149,7 +150,7 @@ def test_max_steps_per_epoch_and_patience_stop_training_early(tiny_folders, tmp_
     from clara.train import train
 
     cfg = get_preset("mvsa_single").override({
-        **SMALL_FUSION, "model.encoders": "tiny", "data.data_dir": str(tiny_folders["mvsa_single"]),
+        **TINY_MODEL, "data.data_dir": str(tiny_folders["mvsa_single"]),
         "train.output_dir": str(tmp_path), "train.epochs": "5", "train.patience": "1", "train.lr": "0",
         "train.batch_size": "4", "train.max_steps_per_epoch": "2"})
     result = train(cfg, progress=False)
@@ -163,7 +164,7 @@ def test_a_diverging_loss_stops_with_a_clear_message(tiny_folders, tmp_path):
     from clara.train import TrainingError, train
 
     cfg = get_preset("mvsa_single").override({
-        **SMALL_FUSION, "model.encoders": "tiny", "data.data_dir": str(tiny_folders["mvsa_single"]),
+        **TINY_MODEL, "data.data_dir": str(tiny_folders["mvsa_single"]),
         "train.output_dir": str(tmp_path), "train.epochs": "1", "train.lr": "1e30", "train.warmup_ratio": "0",
         "train.batch_size": "4"})
     with pytest.raises(TrainingError, match=r"training stopped: the (loss|gradient norm) became (nan|inf)"):
@@ -189,7 +190,7 @@ def test_two_process_cpu_run_writes_one_set_of_results(tiny_folders, tmp_path):
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     done = run_script("--dataset", "mvsa_single", "--data-dir", str(tiny_folders["mvsa_single"]),
                       "--encoders", "tiny", "--epochs", "2", "--batch-size", "4", "--output-dir", str(tmp_path),
-                      "--no-progress", *SMALL_FUSION_ARGS, launcher=launcher, timeout=300)
+                      "--no-progress", *tiny_model_args(), launcher=launcher, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accelerate: 2 process(es), MULTI_CPU" in done.stdout
     assert done.stdout.count("test (clara_mvsa_single_best") == 1  # only the main process reports

@@ -47,7 +47,8 @@ class DataConfig:
     max_text_length: int = 128
     pad_to_max_length: bool = False  # the notebooks pad to 128; we pad to the longest in the batch
     check_images: bool = True  # decode every image once at load time; unreadable ones are skipped
-    image_cache: bool = False  # train/val read resized uint8 crops from a memory-mapped cache (docs/BENCHMARKS.md)
+    # train/val read resized uint8 crops from a memory-mapped cache (docs/BENCHMARKS.md); None: on when training on a GPU
+    image_cache: bool | None = None
     image_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/clara/images
 
 
@@ -113,7 +114,9 @@ class TrainConfig:
     negative_mixup_prob: float = 0.0
     negative_mixup_alpha: float = 0.4
     mixed_precision: str = "auto"  # auto (bf16 on GPU; on CPU the probe's choice for encoders >= 256 wide) | no | bf16
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: 4 on a GPU (pinned, persistent), 0 on CPU
+    # Fused AdamW, frozen weights cast once for autocast, eager vision attention on CPU (clara/train/fast_paths.py).
+    fast_paths: bool = True
     length_grouped: bool = False  # batches of similar text length (less padding; docs/BENCHMARKS.md)
     seed: int = 42
     output_dir: str = "."  # stands for the repo root: checkpoints/ and results/ go under it

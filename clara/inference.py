@@ -30,6 +30,7 @@ from clara.checkpoint import load_checkpoint
 from clara.config import Config
 from clara.data.dataset import MODEL_INPUTS, build_collator, truncated_texts
 from clara.data.images import model_image_transform, open_image
+from clara.model.relative_span import trim_relative_spans
 from clara.precision import autocast, default_device, resolve_precision
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
@@ -115,7 +116,8 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device, precisio
                           quantize: bool = False) -> nn.Module:
     """The one preparation of a model for prediction and explanation, in place (pass a model nothing
     else uses, never the training copy): on `device`, eval mode (dropout off), LoRA folded into the base
-    weights (`merge_lora`), every parameter frozen; `precision="bf16"` stores the encoders' Linear and
+    weights (`merge_lora`), DeBERTa's relative-position span trimmed to the text (`trim_relative_spans`),
+    every parameter frozen; `precision="bf16"` stores the encoders' Linear and
     Conv2d weights in bf16 (exactly what bf16 autocast would cast them to on every call, once);
     `quantize` then applies int8 dynamic quantisation (CPU, fp32 activations)."""
     device = torch.device(device)
@@ -123,6 +125,7 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device, precisio
         raise ValueError(f"int8 quantisation runs with fp32 activations, not precision={precision!r}")
     model = model.to(device).eval()
     merge_lora(model)
+    trim_relative_spans(model)  # DeBERTa: only the relative positions a text reaches (same scores)
     for param in model.parameters():
         param.requires_grad_(False)
     if precision == "bf16":

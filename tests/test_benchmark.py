@@ -83,4 +83,5 @@ def test_the_two_settings_differ_as_documented():
     assert published.precision == "fp32" and published_settings("cuda").precision == "fp16"
     assert (ours.pad_to_max_length, ours.gradient_checkpointing, ours.image_cache, ours.length_grouped) == \
         (False, False, True, False)
-    assert ours.precision == "fp32" and our_settings("cuda").precision == "bf16" and our_settings("cuda").fused_adamw
+    assert ours.precision == "fp32" and our_settings("cuda").precision == "bf16" and our_settings("cuda").fast_paths
+    assert ours.fast_paths and not published.fast_paths and not published_settings("cuda").fast_paths

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,14 @@ import torch
 from .images import ImageTransform, open_image
 
 CACHE_FORMAT_VERSION = 1
+
+
+DECODE_CHUNK = 256  # images decoded per round of the thread pool (bounds the results held at once)
+
+
+def decode_threads() -> int:
+    """Threads that decode images while the cache is built: one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def default_cache_dir() -> Path:
@@ -116,12 +125,21 @@ class ImageCache:
         if stale:
             manifest_path.unlink(missing_ok=True)  # an interrupted update must not look complete
             crop = uint8_crop_transform(transform)
-            rows: Any = stale
+            bar: Any = None
             if progress:
                 from tqdm.auto import tqdm
-                rows = tqdm(stale, desc=f"caching {len(stale)} images at {size} px", unit="img")
-            for row in rows:
-                array[row] = crop(open_image(unique[row])).numpy()
+                bar = tqdm(total=len(stale), desc=f"caching {len(stale)} images at {size} px", unit="img")
+            # Pillow releases the GIL while it decodes and resizes: threads decode in parallel, each
+            # image once, in bounded chunks (each row is written by one thread).
+            with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
+                for start in range(0, len(stale), DECODE_CHUNK):
+                    chunk = stale[start:start + DECODE_CHUNK]
+                    for row, pixels in zip(chunk, pool.map(lambda r: crop(open_image(unique[r])).numpy(), chunk)):
+                        array[row] = pixels
+                    if bar is not None:
+                        bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
             array.flush()
             _write_manifest(manifest_path, size, unique, current)
         del array

@@ -176,7 +176,8 @@ def _tower_attention(model: nn.Module, tower: str) -> tuple[AttentionLayout, lis
         raise ValueError(f"relevancy propagates through the {tower} encoder's self-attention, but "
                          f"clara/model/backbones.py has no entry for its model_type {model_type!r}")
     layout = entry.attention
-    modules = [m for m in module.modules() if type(m).__name__ == layout.module_class]
+    # By class name, subclasses included (clara.model.relative_span's DeBERTa attention).
+    modules = [m for m in module.modules() if layout.module_class in {c.__name__ for c in type(m).__mro__}]
     if not modules:
         raise ValueError(f"relevancy propagates through the {tower} encoder's self-attention but found no "
                          f"{layout.module_class} in model.{tower} ({model_type})")

@@ -41,9 +41,11 @@ from clara.explain import Explainer
 from clara.inference import Predictor
 from clara.model import create_model
 from clara.model.encoders import configured_encoder_width
+from clara.model.relative_span import untrim_relative_spans
 from clara.precision import (SCREEN_SHAPE, autocast, cpu_precision_probe,
                              resolve_precision, resolve_training_precision)
 from clara.train.data import build_image_cache, build_train_loader
+from clara.train.fast_paths import apply_fast_paths, build_optimizer
 from clara.train.losses import clara_loss, training_class_weights
 from clara.train.samplers import count_classes
 
@@ -56,7 +58,7 @@ class TrainSettings:
     precision: str  # fp32 | fp16 (autocast + GradScaler, the notebooks' AMP) | bf16 (autocast)
     image_cache: bool  # uint8 crops from clara.data.image_cache instead of per-sample decode + resize
     length_grouped: bool  # clara.train.samplers.LengthGroupedSampler
-    fused_adamw: bool
+    fast_paths: bool  # clara.train.fast_paths, as train.fast_paths (fused AdamW, once-cast frozen weights, ...)
     num_workers: int = 0
 
 
@@ -65,12 +67,12 @@ def published_settings(device: str) -> TrainSettings:
     AMP fp16 on a GPU, fp32 on CPU."""
     return TrainSettings("published_settings", pad_to_max_length=True, gradient_checkpointing=True,
                          precision="fp16" if device == "cuda" else "fp32", image_cache=False,
-                         length_grouped=False, fused_adamw=False)
+                         length_grouped=False, fast_paths=False)
 
 
 def our_settings(device: str, hidden_size: int | None = None) -> TrainSettings:
     """What the measurements justify (docs/BENCHMARKS.md): dynamic padding, no gradient
-    checkpointing, the decoded-image cache; bf16 autocast and fused AdamW on a GPU. On CPU the
+    checkpointing, the decoded-image cache, the training loop's fast paths; bf16 autocast on a GPU. On CPU the
     precision `train.mixed_precision=auto` resolves to for encoders `hidden_size` wide (the probe:
     bf16 where the CPU has bf16 units and the encoders are wide; None: fp32). Length-grouped
     batches are left out: they lowered val F1 in the short quality runs."""
@@ -78,7 +80,7 @@ def our_settings(device: str, hidden_size: int | None = None) -> TrainSettings:
     cpu_precision = "bf16" if resolve_training_precision("auto", "cpu", hidden_size)[0] == "bf16" else "fp32"
     return TrainSettings("ours", pad_to_max_length=False, gradient_checkpointing=False,
                          precision="bf16" if on_gpu else cpu_precision, image_cache=True, length_grouped=False,
-                         fused_adamw=on_gpu, num_workers=4 if on_gpu else 0)
+                         fast_paths=True, num_workers=4 if on_gpu else 0)
 
 
 @dataclass
@@ -192,10 +194,11 @@ class TrainRunner:
         self.transform = model_image_transform(model)
         self.loader = settings_train_loader(settings, cfg, data, self.tokenizer, self.transform, cache_dir, device)
         self.batches = _endless(self.loader)
+        self.fast_paths = apply_fast_paths(self.model, settings.precision, device, enabled=settings.fast_paths)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = trainable
-        extra = {"fused": True} if settings.fused_adamw else {}
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, **extra)
+        self.optimizer = build_optimizer(trainable, cfg.train.lr, cfg.train.weight_decay,
+                                         fused=self.fast_paths.fused_optimizer)
         self.scaler = torch.amp.GradScaler(device) if settings.precision == "fp16" else None
         counts = count_classes([s.label for s in data.splits["train"]], len(cfg.labels))
         self.weights = training_class_weights(cfg.train, counts, cfg.labels, device)
@@ -258,6 +261,7 @@ class TrainRunner:
             "mean_padded_text_tokens": statistics.fmean(self.text_tokens) if self.text_tokens else None,
             "phases_mean_s": {key: statistics.fmean(v) for key, v in self.phases.items() if v},
             "settings": dataclasses.asdict(self.settings),
+            "fast_paths": self.fast_paths.to_dict(),
         }
         if self.device == "cuda":
             result["peak_memory_mb"] = self.peak_mb
@@ -430,6 +434,9 @@ def prediction_paths(cfg: Config, data: LoadedDataset, device: str, int8: bool) 
     emulated = device == "cpu" and cpu_precision_probe().shape == SCREEN_SHAPE  # screened out: seconds per call
     if not emulated:
         paths["merged_bf16"] = _predictor(cfg, data, device, precision="bf16", prepare=True)
+        # The same without DeBERTa's trimmed relative span (clara.model.relative_span): that lever alone.
+        paths["merged_bf16_full_span"] = _predictor(cfg, data, device, precision="bf16", prepare=True)
+        untrim_relative_spans(paths["merged_bf16_full_span"].model)
     if int8 and device == "cpu":
         paths["int8"] = _predictor(cfg, data, device, quantize=True)
     return paths, "merged_bf16" if default_precision == "bf16" and "merged_bf16" in paths else "merged_fp32"

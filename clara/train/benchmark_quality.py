@@ -13,19 +13,26 @@ from clara.config import get_preset
 from clara.train.loop import train
 from clara.train.tiny import TINY_MODEL
 
+_OFF = {"train.fast_paths": False}  # the single options are compared without the training fast paths
 QUALITY_VARIANTS: dict[str, dict[str, Any]] = {
     # Each kept optimisation alone against the published-settings baseline, then all together.
-    "published_settings": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True},
-    "dynamic_padding": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True},
-    "no_gradient_checkpointing": {"data.pad_to_max_length": True, "model.gradient_checkpointing": False},
-    "image_cache": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True, "data.image_cache": True},
+    "published_settings": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True, **_OFF},
+    "dynamic_padding": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True, **_OFF},
+    "no_gradient_checkpointing": {"data.pad_to_max_length": True, "model.gradient_checkpointing": False, **_OFF},
+    "image_cache": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True, "data.image_cache": True,
+                    **_OFF},
     "length_grouped": {"data.pad_to_max_length": False, "model.gradient_checkpointing": True,
-                       "train.length_grouped": True},
-    "ours": {"data.pad_to_max_length": False, "model.gradient_checkpointing": False, "data.image_cache": True},
+                       "train.length_grouped": True, **_OFF},
+    "fast_paths": {"data.pad_to_max_length": True, "model.gradient_checkpointing": True,
+                   "train.fast_paths": True},
+    "ours_without_fast_paths": {"data.pad_to_max_length": False, "model.gradient_checkpointing": False,
+                                "data.image_cache": True, **_OFF},
+    "ours": {"data.pad_to_max_length": False, "model.gradient_checkpointing": False, "data.image_cache": True,
+             "train.fast_paths": True},
     # bf16 autocast forced (at tiny width `auto` is fp32): Accelerate holds one precision per process,
     # so it runs in an invocation of its own (`--quality-variants ours_bf16`), not by default.
     "ours_bf16": {"data.pad_to_max_length": False, "model.gradient_checkpointing": False, "data.image_cache": True,
-                  "train.mixed_precision": "bf16"},
+                  "train.fast_paths": True, "train.mixed_precision": "bf16"},
 }
 DEFAULT_QUALITY_VARIANTS = tuple(name for name, v in QUALITY_VARIANTS.items() if "train.mixed_precision" not in v)
 

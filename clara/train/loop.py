@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
@@ -41,7 +42,8 @@ from clara.outputs import write_problem
 from clara.model.encoders import configured_encoder_width
 from clara.precision import default_device, resolve_training_precision
 from clara.train.data import (NEGATIVE_LABEL, build_image_cache, build_train_loader, build_val_loader,
-                              negative_index)
+                              negative_index, resolve_loader_settings)
+from clara.train.fast_paths import apply_fast_paths, build_optimizer, release_frozen_weight_casts
 from clara.train.losses import clara_loss, training_class_weights
 from clara.train.resume import (ResumeState, interrupted_best_note, pack_training_state, read_resume_state,
                                 seed_epoch)
@@ -198,6 +200,11 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
     # find_unused_parameters: train-time ablations skip an encoder or a head, and a preset whose
     # loss weights are overridden to 0 may leave a head without gradient (DDP would hang on it).
     mixed_precision, precision_reason = agreed_training_precision(cfg)
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed_precision and PartialState().num_processes == 1:
+        # An earlier train() in this process ran at another precision; Accelerate keeps the first
+        # one process-wide and would refuse this run (its state is reset here, the process group kept).
+        AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision,
                               gradient_accumulation_steps=tcfg.grad_accum_steps,
                               cpu=default_device().type == "cpu",
@@ -209,19 +216,22 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
     log(f"tracking: {tracking_note}" + (f"; files under {paths.tracking_dir / run_name(cfg)}"
                                         if "tensorboard" in log_with else ""))
     try:
-        return _train_run(cfg, accelerator, progress, resume)
+        return _train_run(cfg, accelerator, progress, resume, precision_reason)
     finally:
         accelerator.end_training()  # the trackers' files closed, also after a failure or Ctrl-C
 
 
-def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bool) -> TrainResult:
-    """_train() once the Accelerator is made."""
+def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bool,
+               precision_reason: str) -> TrainResult:
+    """_train() once the Accelerator is made (at the precision `precision_reason` explains)."""
     tcfg = cfg.train
     is_main = accelerator.is_main_process
     log = accelerator.print
     paths = run_paths(cfg)
     # Every process checks, so that all of them stop together instead of waiting on the main one.
     check_writable(paths)
+    cfg = resolve_loader_settings(cfg, accelerator.device.type)  # workers and image cache, where unset
+    tcfg = cfg.train
     set_seed(tcfg.seed)
     if cfg.data.data_dir is None:
         raise TrainingError("no data folder: set data.data_dir (--data-dir)")
@@ -284,7 +294,8 @@ def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bo
         image_cache = build_image_cache(cfg, train_samples + data.splits["val"], transform,
                                         progress=progress and is_main)
     pin_memory = accelerator.device.type == "cuda"
-    train_loader = build_train_loader(cfg, train_samples, tokenizer, transform, image_cache, pin_memory=pin_memory)
+    train_loader = build_train_loader(cfg, train_samples, tokenizer, transform, image_cache, pin_memory=pin_memory,
+                                      persistent_workers=True)
     sampler = train_loader.sampler  # re-seeded each epoch (seed_epoch), also after accelerator.prepare
     val_loader = build_val_loader(cfg, data.splits["val"], tokenizer, transform, image_cache, pin_memory=pin_memory)
     mixup = None
@@ -296,9 +307,11 @@ def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bo
     full_finetune = tcfg.full_finetune_from_epoch is not None
     # With the full fine-tuning switch, AdamW covers every parameter from the start, as MVSA-Multiple's
     # Trainer (cell 14); the frozen ones get no gradient, hence no update and no state, until they train.
-    optimizer = torch.optim.AdamW(list(model.parameters()) if full_finetune else
-                                  [p for p in model.parameters() if p.requires_grad],
-                                  lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    fast = apply_fast_paths(model, accelerator.mixed_precision, accelerator.device, enabled=tcfg.fast_paths)
+    log(f"fast paths: {fast.describe()}")
+    optimizer = build_optimizer(list(model.parameters()) if full_finetune else
+                                [p for p in model.parameters() if p.requires_grad],
+                                tcfg.lr, tcfg.weight_decay, fused=fast.fused_optimizer)
     frozen = [p for p in model.parameters() if not p.requires_grad] if full_finetune else []
     for param in frozen:
         param.requires_grad_(True)  # DDP all-reduces only what is trainable when it wraps the model...
@@ -335,6 +348,7 @@ def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bo
             # Idempotent, so a run resumed after the switch trains the same parameters.
             unwrapped = accelerator.unwrap_model(model)
             if unwrapped.unfreeze_encoders():
+                release_frozen_weight_casts(unwrapped)  # the fp32 parameters train from now on
                 log(f"epoch {epoch}: every encoder weight trainable from now on (train.full_finetune_from_epoch="
                     f"{tcfg.full_finetune_from_epoch}): {format_param_counts(unwrapped.param_counts())}")
         best_note = f" (best val {metric_name} {best_value:.4f})" if best_epoch else ""
@@ -414,7 +428,9 @@ def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bo
     accelerator.free_memory()
     metrics: dict[str, Any] = {}
     if is_main:
-        metrics = _evaluate_best(cfg, data, paths, accelerator, labels, history, best_epoch, param_counts)
+        how = {"mixed_precision": accelerator.mixed_precision, "precision_reason": precision_reason,
+               "processes": accelerator.num_processes, "fast_paths": fast.to_dict()}
+        metrics = _evaluate_best(cfg, data, paths, accelerator, labels, history, best_epoch, param_counts, how)
         log(f"test ({paths.best_dir.name}, epoch {best_epoch}): accuracy {metrics['accuracy']:.4f}, "
             f"f1_weighted {metrics['f1_weighted']:.4f}, f1_macro {metrics['f1_macro']:.4f}; "
             f"results in {paths.results_dir}")
@@ -427,16 +443,18 @@ def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bo
 
 
 def _evaluate_best(cfg: Config, data: LoadedDataset, paths: RunPaths, accelerator: Accelerator, labels: list[str],
-                   history: list[dict[str, Any]], best_epoch: int, param_counts: dict[str, int]) -> dict[str, Any]:
+                   history: list[dict[str, Any]], best_epoch: int, param_counts: dict[str, int],
+                   how: dict[str, Any]) -> dict[str, Any]:
     """Reload the best checkpoint, score test (with the inference-time ablations) and val (for
-    calibration), write the results folder; main process only."""
+    calibration), write the results folder; main process only. `how`: how training ran (precision
+    and why, processes, fast paths), kept in metrics.json as `training`."""
     loaded = load_checkpoint(paths.best_dir, device=accelerator.device)
     metrics, test = score_split(loaded, data, "test", accelerator.device, cfg.train.eval_batch_size,
                                 autocast=accelerator.autocast(), ablations=True, calibrate=cfg.train.calibrate,
                                 num_workers=cfg.train.num_workers)
     metrics.update({"dataset": cfg.data.dataset, "split": "test", "protocol": data.protocol,
                     "checkpoint": str(paths.best_dir), "params": param_counts, "best_epoch": best_epoch,
-                    "ablation": cfg.model.ablation, "history": history})
+                    "ablation": cfg.model.ablation, "training": how, "history": history})
     write_results(paths.results_dir, metrics, history, labels,
                   predictions=prediction_rows(test, data.splits["test"], labels))
     return metrics

@@ -27,8 +27,9 @@ OPTIMIZER_PREFIX = "optimizer.state."
 # Fields that may differ between the interrupted run and the resumed one: they change neither
 # what is trained nor the numbers training produces. Everything else must match (a different
 # dataset, split, encoder, fusion, model shape, loss, sampler, batch size, lr, epochs, ... would
-# silently continue another experiment).
-FREE_FIELDS = frozenset({"data.check_images", "train.num_workers", "train.eval_batch_size",
+# silently continue another experiment). train.fast_paths changes them by rounding and dropout draws only.
+FREE_FIELDS = frozenset({"data.check_images", "data.image_cache", "data.image_cache_dir", "train.fast_paths",
+                         "train.num_workers", "train.eval_batch_size",
                          "train.calibrate", "train.posthoc_logit_bias", "train.output_dir", "train.report_to"})
 
 

@@ -55,6 +55,15 @@ class FastPaths:
         return ", ".join(parts)
 
 
+def _params(module: nn.Linear | nn.Conv2d) -> list[nn.Parameter]:
+    return [p for p in (module.weight, module.bias) if p is not None]
+
+
+def _frozen(module: nn.Linear | nn.Conv2d) -> bool:
+    """Neither the weight nor the bias trains (the once-cast copy stands for both)."""
+    return not any(p.requires_grad for p in _params(module))
+
+
 class _OnceCastForward:
     """A frozen Linear/Conv2d's forward that, under autocast, reads a copy of its weight and bias in
     the autocast dtype, made at the first such call (the cast autocast would make at every call);
@@ -67,16 +76,13 @@ class _OnceCastForward:
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
 
-    def _params(self) -> list[nn.Parameter]:
-        return [p for p in (self.module.weight, self.module.bias) if p is not None]
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         module = self.module
         device_type = x.device.type
-        if not torch.is_autocast_enabled(device_type) or any(p.requires_grad for p in self._params()):
+        if not torch.is_autocast_enabled(device_type) or not _frozen(module):
             return type(module).forward(module, x)
         dtype = torch.get_autocast_dtype(device_type)
-        key = (dtype, module.weight.device, tuple(p._version for p in self._params()))
+        key = (dtype, module.weight.device, tuple(p._version for p in _params(module)))
         if key != self.key:
             self.weight = module.weight.detach().to(dtype)
             self.bias = None if module.bias is None else module.bias.detach().to(dtype)
@@ -92,8 +98,7 @@ def cast_frozen_weights(modules: Iterable[nn.Module]) -> int:
     count = 0
     for root in modules:
         for module in root.modules():
-            if type(module) in (nn.Linear, nn.Conv2d) and not any(
-                    p.requires_grad for p in (module.weight, module.bias) if p is not None):
+            if type(module) in (nn.Linear, nn.Conv2d) and _frozen(module):
                 module.forward = _OnceCastForward(module)
                 count += 1
     return count

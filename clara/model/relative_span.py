@@ -39,7 +39,7 @@ class TrimmableDisentangledSelfAttention(DisentangledSelfAttention):
 
 
 class _TrimmedSpan:
-    """The hooks and the `get_rel_embedding` of one DebertaV2Encoder (see the module docstring)."""
+    """The `forward` and `get_rel_embedding` that one DebertaV2Encoder reads while trimmed (module docstring)."""
 
     def __init__(self, encoder: DebertaV2Encoder):
         self.encoder = encoder

@@ -1,6 +1,7 @@
 """The training fast paths (clara.train.fast_paths): the once-cast frozen weights give autocast's
 arithmetic exactly and leave the parameters and checkpoints in fp32; fused AdamW and the eager
-vision attention change a step by rounding only; a training run records what ran in metrics.json.
+vision attention change a step by rounding only; bits_dropout keeps each element with probability
+1 - p (to 2**-17) and expectation x; a training run records what ran in metrics.json.
 No timings are asserted (docs/BENCHMARKS.md has them)."""
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ from clara.model import create_model
 from clara.model.relative_span import trim_relative_spans, untrim_relative_spans
 from clara.train.data import GPU_LOADER_WORKERS, resolve_loader_settings
 from clara.train.fast_paths import (
+    MASK_LEVELS,
     _OnceCastForward,
     apply_fast_paths,
+    bits_dropout,
     build_optimizer,
     cast_frozen_weights,
     release_frozen_weight_casts,
     set_vision_attention,
+    use_bits_dropout,
 )
 from clara.train.loop import train
 from clara.train.losses import clara_loss
@@ -158,10 +162,11 @@ def test_a_training_run_records_its_precision_and_fast_paths(tiny_data, tmp_path
     if fast_paths:
         assert how["fast_paths"]["enabled"] and how["fast_paths"]["frozen_weight_casts"] > 10
         assert how["fast_paths"]["fused_optimizer"] and how["fast_paths"]["vision_attention"] == "eager"
-        assert how["fast_paths"]["trimmed_relative_spans"] == 1
+        assert how["fast_paths"]["trimmed_relative_spans"] == 1 and how["fast_paths"]["bits_dropouts"] > 10
     else:
         assert how["fast_paths"] == {"enabled": False, "frozen_weight_casts": 0, "cast_dtype": None,
-                                     "vision_attention": None, "fused_optimizer": False, "trimmed_relative_spans": 0}
+                                     "vision_attention": None, "fused_optimizer": False, "trimmed_relative_spans": 0,
+                                     "bits_dropouts": 0}
     # The checkpoint holds the frozen weights as they were built (fp32, not rounded to bf16), and the
     # training-only attention switch does not travel with it.
     torch.manual_seed(0)
@@ -181,6 +186,60 @@ def test_apply_fast_paths_describes_what_it_did(tiny):
     assert "frozen encoder weights cast once to bf16" in fast.describe() and "fused AdamW on" in fast.describe()
     assert apply_fast_paths(copy.deepcopy(model), "no", "cpu").frozen_weight_casts == 0  # fp32: nothing to cast
     assert apply_fast_paths(model, "bf16", "cpu", enabled=False).describe() == "off (train.fast_paths=false)"
+    assert f"{fast.bits_dropouts} dropouts drawing 16-bit masks" in fast.describe()
+    assert apply_fast_paths(copy.deepcopy(model), "bf16", "cuda").bits_dropouts == 0  # CUDA's dropout is fused
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_bits_dropout_keeps_each_element_with_probability_1_minus_p_and_expectation_x(p):
+    torch.manual_seed(3)
+    count = 1 << 20
+    x = torch.ones(count, requires_grad=True)
+    y = bits_dropout(x, p)
+    kept = y.detach() > 0
+    kept_levels = round((1 - p) * MASK_LEVELS)
+    # Kept elements carry exactly 1 / (the kept rate), dropped ones 0; the rate is 1 - p to 2**-17.
+    assert torch.equal(y.detach()[kept], torch.full((int(kept.sum()),), MASK_LEVELS / kept_levels))
+    assert abs(kept_levels / MASK_LEVELS - (1 - p)) <= 2 ** -17
+    sigma = (p * (1 - p) / count) ** 0.5
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma
+    # Each of the four int16 lanes of a random word is as likely to keep (all 64 bits are random).
+    lanes = kept.view(-1, 4).float().mean(0)
+    assert (lanes - (1 - p)).abs().max().item() < 5 * (p * (1 - p) / (count // 4)) ** 0.5
+    assert abs(y.detach().mean().item() - 1) < 5 * sigma / (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask, scaled alike
+    # Another seed, another mask; the same seed, the same mask; dtype and shape kept; in place on request.
+    torch.manual_seed(3)
+    assert torch.equal(bits_dropout(torch.ones(count), p), y.detach())
+    assert not torch.equal(bits_dropout(torch.ones(count), p), y.detach())
+    half = torch.ones(3, 5, 7, dtype=torch.bfloat16)
+    assert bits_dropout(half, p).dtype == torch.bfloat16 and bits_dropout(half, p).shape == (3, 5, 7)
+    assert bits_dropout(half, p, inplace=True) is half
+    assert torch.equal(bits_dropout(torch.ones(9), 1.0), torch.zeros(9))
+
+
+def test_dropout_modules_draw_bits_masks_in_training_and_nothing_in_eval(tiny):
+    cfg, model, batch = tiny
+    fast = copy.deepcopy(model)
+    dropouts = [m for m in fast.modules() if type(m) is torch.nn.Dropout and m.p > 0]
+    assert use_bits_dropout(fast) == len(dropouts) > 10 and use_bits_dropout(fast) == 0  # once each
+    # LoRA's dropout (peft), DeBERTa's hidden dropout and the fusion's are all among them.
+    names = {name for name, m in fast.named_modules() if m in dropouts}
+    assert any("lora_dropout" in n for n in names) and any(n.startswith("text.") and "lora" not in n for n in names)
+    assert any(n.startswith("fusion.") for n in names)
+    fast.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(fast(**inputs(batch)).logits, model(**inputs(batch)).logits)
+    fast.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = fast(**inputs(batch)).logits
+        torch.manual_seed(1)
+        again = fast(**inputs(batch)).logits
+        torch.manual_seed(2)
+        other = fast(**inputs(batch)).logits
+    assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 def test_loader_settings_unset_are_decided_by_the_device():

@@ -1,7 +1,7 @@
 """The training fast paths the measurements keep (docs/BENCHMARKS.md, "training fast paths"), applied
 in one place for the training loop and the benchmark; `train.fast_paths=false` turns them off.
 Together they change a step by rounding and by the dropout masks drawn (the trimmed table draws
-fewer), not what is learned (the quality runs).
+fewer, and on CPU the masks come from another draw), not what is learned (the quality runs).
 
 - frozen encoder Linear/Conv2d weights cast once to the autocast dtype (bf16/fp16), kept beside the
   fp32 parameters: autocast re-casts a weight that needs no gradient at every call, and this is the
@@ -10,7 +10,10 @@ fewer), not what is learned (the quality runs).
 - the vision tower's eager attention on CPU: torch's CPU SDPA backward costs more than the whole
   eager attention at ViT-B/32's 50 tokens;
 - DeBERTa's relative-position attention over the span a batch's texts reach
-  (clara.model.relative_span; also on for prediction).
+  (clara.model.relative_span; also on for prediction);
+- on CPU, nn.Dropout's masks drawn from 16 random bits per element (`bits_dropout`): torch's CPU
+  `bernoulli_` is serial and draws one random number per element, and the ~170 masks of a step were
+  13-16 % of it. Same keep probability to within 2**-17, scaled by the exact one; another random stream.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from clara.model.relative_span import trim_relative_spans
 from clara.precision import AUTOCAST_DTYPES
 
 CPU_VISION_ATTENTION = "eager"  # the vision tower's attention when training on CPU (module docstring)
+MASK_LEVELS = 1 << 16  # bits_dropout: each element keeps or drops by one of 2**16 equally likely int16 values
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class FastPaths:
     vision_attention: str | None = None  # set for training; None: the encoder's own default
     fused_optimizer: bool = False
     trimmed_relative_spans: int = 0  # DeBERTa encoders whose relative-position span follows the text length
+    bits_dropouts: int = 0  # nn.Dropout modules drawing their masks with bits_dropout (CPU)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +57,8 @@ class FastPaths:
             parts.append(f"vision attention {self.vision_attention}")
         if self.trimmed_relative_spans:
             parts.append("DeBERTa relative positions trimmed to the texts' span")
+        if self.bits_dropouts:
+            parts.append(f"{self.bits_dropouts} dropouts drawing 16-bit masks")
         return ", ".join(parts)
 
 
@@ -114,6 +121,47 @@ def release_frozen_weight_casts(model: nn.Module) -> int:
     return count
 
 
+def bits_dropout(x: torch.Tensor, p: float, inplace: bool = False) -> torch.Tensor:
+    """Training-mode dropout whose mask comes from 16 random bits per element: 64-bit words from
+    the default generator, read as four int16 each, an element kept when its int16 falls among the
+    round((1 - p) * 2**16) lowest values, and the kept ones scaled by the inverse of exactly that
+    rate, rounded to x's dtype as torch's own dropout rounds 1 / (1 - p) (so the expectation is x). A fraction of torch's `bernoulli_` cost on CPU
+    (one random word per four elements instead of one draw per element)."""
+    kept_levels = round((1 - p) * MASK_LEVELS)
+    if not 0 < kept_levels < MASK_LEVELS:  # p within 2**-17 of 0 or 1: torch's own
+        return F.dropout(x, p, training=True, inplace=inplace)
+    count = x.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
+    levels = words.view(torch.int16)[:count].view(x.shape)
+    noise = (levels < kept_levels - MASK_LEVELS // 2).to(x.dtype).mul_(MASK_LEVELS / kept_levels)
+    return x.mul_(noise) if inplace else x * noise
+
+
+class _BitsDropoutForward:
+    """An nn.Dropout's forward through `bits_dropout` in training; the module's own in eval or at p = 0."""
+
+    def __init__(self, module: nn.Dropout):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        if not module.training or module.p == 0:
+            return type(module).forward(module, x)
+        return bits_dropout(x, module.p, module.inplace)
+
+
+def use_bits_dropout(model: nn.Module) -> int:
+    """Route every nn.Dropout with p > 0 in `model` through bits_dropout (_BitsDropoutForward);
+    returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Dropout and module.p > 0 \
+                and not isinstance(module.__dict__.get("forward"), _BitsDropoutForward):
+            module.forward = _BitsDropoutForward(module)
+            count += 1
+    return count
+
+
 def fused_adamw_supported(device: torch.device | str) -> bool:
     """Whether this torch has a fused AdamW kernel for `device`'s type."""
     return torch.device(device).type in _get_fused_kernels_supported_devices()
@@ -148,4 +196,5 @@ def apply_fast_paths(model: nn.Module, mixed_precision: str, device: torch.devic
         else None
     return FastPaths(enabled=True, frozen_weight_casts=casts, cast_dtype=mixed_precision if casts else None,
                      vision_attention=attention, fused_optimizer=fused_adamw_supported(device),
-                     trimmed_relative_spans=trim_relative_spans(model))
+                     trimmed_relative_spans=trim_relative_spans(model),
+                     bits_dropouts=use_bits_dropout(model) if device.type == "cpu" else 0)

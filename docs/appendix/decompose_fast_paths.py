@@ -9,7 +9,7 @@ from clara.data import Collator, load_dataset
 from clara.model import create_model
 from clara.train.losses import clara_loss
 from clara.precision import autocast
-from clara.train.fast_paths import apply_fast_paths, build_optimizer
+from clara.train.fast_paths import _BitsDropoutForward, apply_fast_paths, build_optimizer
 B, ROUNDS, THREADS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 WANT = sys.argv[4].split(",") if len(sys.argv) > 4 else None
 torch.set_num_threads(THREADS)
@@ -19,7 +19,8 @@ base = get_preset("mvsa_single").override({"model.encoders": "random-full"})
 # name: (pad to 128, gradient checkpointing, precision, fast paths)
 variants = {"published": (True, True, "fp32", False), "ours_fp32": (False, False, "fp32", False),
             "ours_fp32_fast": (False, False, "fp32", True), "ours_bf16": (False, False, "bf16", False),
-            "ours_bf16_fast": (False, False, "bf16", True)}
+            "ours_bf16_fast": (False, False, "bf16", True), "ours_bf16_fast_torch_dropout": (False, False, "bf16", True),
+            "ours_fp32_fast_torch_dropout": (False, False, "fp32", True)}
 if WANT: variants = {k: v for k, v in variants.items() if k in WANT}
 models, tok = {}, None
 for name, (pad, ckpt, prec, fast) in variants.items():
@@ -27,6 +28,10 @@ for name, (pad, ckpt, prec, fast) in variants.items():
     torch.manual_seed(0)
     m, tok = create_model(cfg, tokenizer_texts=texts, tokenizer=tok)
     paths = apply_fast_paths(m, prec, "cpu", enabled=fast)
+    if name.endswith("_torch_dropout"):  # every fast path but bits_dropout (added 2026-12-02, sixth session)
+        for module in m.modules():
+            if isinstance(module.__dict__.get("forward"), _BitsDropoutForward):
+                del module.forward
     print(name, paths.describe(), flush=True)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = build_optimizer(params, 1e-5, 0.01, paths.fused_optimizer)

@@ -209,13 +209,21 @@ def test_bits_dropout_keeps_each_element_with_probability_1_minus_p_and_expectat
     assert abs(y.detach().mean().item() - 1) < 5 * sigma / (1 - p)
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask, scaled alike
-    # Another seed, another mask; the same seed, the same mask; dtype and shape kept; in place on request.
+    # The same seed, the same mask; the generator's next draw, another mask.
     torch.manual_seed(3)
     assert torch.equal(bits_dropout(torch.ones(count), p), y.detach())
     assert not torch.equal(bits_dropout(torch.ones(count), p), y.detach())
-    half = torch.ones(3, 5, 7, dtype=torch.bfloat16)
-    assert bits_dropout(half, p).dtype == torch.bfloat16 and bits_dropout(half, p).shape == (3, 5, 7)
-    assert bits_dropout(half, p, inplace=True) is half
+    # Half precision: dtype and shape kept, values 0 or the scale rounded as torch rounds its own.
+    for dtype in (torch.bfloat16, torch.float16):
+        half = torch.ones(64, 5, 7, dtype=dtype)
+        dropped = bits_dropout(half, p)
+        assert dropped.dtype == dtype and dropped.shape == (64, 5, 7)
+        assert set(dropped.unique().tolist()) <= {0.0, torch.tensor(MASK_LEVELS / kept_levels, dtype=dtype).item()}
+        assert bits_dropout(half, p, inplace=True) is half
+    # A transposed (non-contiguous) input: each element keeps its own value or 0.
+    values = torch.arange(1, 2049, dtype=torch.float32).view(32, 64).t()
+    dropped = bits_dropout(values, p)
+    assert dropped.shape == (64, 32) and torch.equal(dropped[dropped > 0], (values * torch.tensor(MASK_LEVELS / kept_levels))[dropped > 0])
     assert torch.equal(bits_dropout(torch.ones(9), 1.0), torch.zeros(9))
 
 
@@ -231,6 +239,7 @@ def test_dropout_modules_draw_bits_masks_in_training_and_nothing_in_eval(tiny):
     fast.eval(), model.eval()
     with torch.no_grad():
         assert torch.equal(fast(**inputs(batch)).logits, model(**inputs(batch)).logits)
+    plain = copy.deepcopy(model).train()
     fast.train()
     with torch.no_grad():
         torch.manual_seed(1)
@@ -239,7 +248,11 @@ def test_dropout_modules_draw_bits_masks_in_training_and_nothing_in_eval(tiny):
         again = fast(**inputs(batch)).logits
         torch.manual_seed(2)
         other = fast(**inputs(batch)).logits
+        torch.manual_seed(1)
+        torch_drawn = plain(**inputs(batch)).logits
     assert torch.equal(first, again) and not torch.equal(first, other)
+    # The masks are bits_dropout's, not torch's: the same seed gives other logits than torch's dropout.
+    assert not torch.equal(first, torch_drawn)
 
 
 def test_loader_settings_unset_are_decided_by_the_device():

@@ -125,8 +125,9 @@ def bits_dropout(x: torch.Tensor, p: float, inplace: bool = False) -> torch.Tens
     """Training-mode dropout whose mask comes from 16 random bits per element: 64-bit words from
     the default generator, read as four int16 each, an element kept when its int16 falls among the
     round((1 - p) * 2**16) lowest values, and the kept ones scaled by the inverse of exactly that
-    rate, rounded to x's dtype as torch's own dropout rounds 1 / (1 - p) (so the expectation is x). A fraction of torch's `bernoulli_` cost on CPU
-    (one random word per four elements instead of one draw per element)."""
+    rate, rounded to x's dtype as torch's own dropout rounds 1 / (1 - p): the expectation is x up
+    to that rounding. A fraction of torch's `bernoulli_` cost on CPU (one random word per four
+    elements instead of one draw per element)."""
     kept_levels = round((1 - p) * MASK_LEVELS)
     if not 0 < kept_levels < MASK_LEVELS:  # p within 2**-17 of 0 or 1: torch's own
         return F.dropout(x, p, training=True, inplace=inplace)

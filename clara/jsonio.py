@@ -1,5 +1,6 @@
 """JSON for the files clara writes: one conversion of numpy / torch / Path / dataclass values to
-plain JSON values, and one atomic text write (temporary file beside the target, then rename)."""
+plain JSON values, and one atomic file write (temporary file beside the target, then rename) that
+the text, JSON and figure writers share."""
 from __future__ import annotations
 
 import contextlib
@@ -47,18 +48,25 @@ def to_jsonable(value: Any, *, nonfinite_as_none: bool = False, max_items: int |
     return convert(value)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
+def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
+    """Call `write` on a temporary file beside `path`, then rename it into place, so that a reader
+    sees the old file or the new one, never a part; the temporary file is removed on failure."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (atomic_write), UTF-8, newlines as given."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def write_json(path: str | Path, payload: Any) -> None:

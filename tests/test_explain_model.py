@@ -142,7 +142,7 @@ def test_encoder_attention_and_its_gradient_match_eager_attention(predictor, exp
     from transformers.models.clip.modeling_clip import CLIPAttention
     from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 
-    from clara.explain.relevancy import attention_gradients, clip_attention_gradients, recording_encoder_attentions
+    from clara.explain.relevancy import attention_gradients, recomputed_attention_gradients, recording_encoder_attentions
 
     model = predictor.model
     inputs = explainer.prepare(image, TEXTS[0])
@@ -153,7 +153,7 @@ def test_encoder_attention_and_its_gradient_match_eager_attention(predictor, exp
             score = model(pixel_values=inputs.pixel_values.clone().requires_grad_(True), **forward).logits[0, 1]
         grads = attention_gradients(score, recorded.text, [layer.heads_output for layer in recorded.vision])
     n_text = len(recorded.text)
-    vision_grads = clip_attention_gradients(recorded.vision, grads[n_text:])
+    vision_grads = recomputed_attention_gradients(recorded.vision, grads[n_text:])
 
     eager = copy.deepcopy(model)
     eager.vision.backbone.config._attn_implementation = "eager"

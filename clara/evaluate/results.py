@@ -6,11 +6,8 @@ this is safe in threads and never needs a display.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +20,7 @@ from clara.checkpoint import (HISTORY_FILE, METRICS_FILE, TRAINING_STATE_JSON, c
                               read_checkpoint_info)
 from clara.datasets import CLASS_F1_METRICS
 from clara.evaluate.metrics import SUMMARY_METRICS
-from clara.jsonio import write_json
+from clara.jsonio import atomic_write, write_json
 
 
 def write_results(results_dir: str | Path, metrics: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | None,
@@ -61,15 +58,7 @@ def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
 
 def _save(figure: Any, path: Path) -> None:
     figure.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"), suffix=".png")
 
 
 def plot_confusion_matrix(path: Path, matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> None:

@@ -32,7 +32,7 @@ from clara.datasets import REGISTRY, AblationMethod
 from clara.evaluate import calibration
 from clara.evaluate.metrics import compute_metrics, summary_metrics
 from clara.evaluate.results import write_results
-from clara.model.encoders import configured_encoder_width
+from clara.inference import encoder_width
 from clara.precision import autocast as precision_autocast
 from clara.precision import default_device, resolve_mixed_precision
 
@@ -247,7 +247,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, dataset: str, data_dir: str 
     # The training loop evaluates under its mixed-precision autocast (auto: bf16 on a GPU, and on a CPU
     # whose probe prefers it at these encoders' width): do the same.
     autocast = precision_autocast(resolve_mixed_precision(cfg.train.mixed_precision, device,
-                                                          configured_encoder_width(cfg.model)), device)
+                                                          encoder_width(loaded.model)), device)
     calibrate = (cfg.train.calibrate and split == "test") if calibrate is None else calibrate
     metrics, result = score_split(loaded, data, split, device, batch_size or cfg.train.eval_batch_size,
                                   autocast=autocast, ablations=ablations, calibrate=calibrate)

@@ -6,9 +6,6 @@ safe in threads, no display needed.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from PIL import Image
 
 from clara.explain.attention import crop_box
 from clara.explain.colours import CROP_OUTLINE_COLOURS, colour_limits, rgb_fractions, stops
+from clara.jsonio import atomic_write
 
 DISPLAY_MAX_SIDE = 800  # px of the picture in the PNG (the heat grid is far coarser)
 DISPLAY_MIN_SIDE = 320  # tiny pictures are enlarged, so that the colour bar's label stays readable
@@ -75,15 +73,6 @@ def heatmap_figure(image: Image.Image, heatmap: np.ndarray, *, signed: bool, lab
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:
-    """Write `figure` as a PNG atomically (a temporary file renamed into place)."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
+    """Write `figure` as a PNG atomically (clara.jsonio.atomic_write), trimmed to its content."""
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05),
+                        suffix=".png")

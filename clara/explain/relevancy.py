@@ -276,9 +276,6 @@ def recomputed_attention_gradients(records: list[RecomputedAttention], heads_out
     return gradients
 
 
-clip_attention_gradients = recomputed_attention_gradients  # the name it had while only CLIP was recomputed
-
-
 def _encoder_attention_gradients(score: torch.Tensor, fusion: list[torch.Tensor], encoders: EncoderAttentions
                                  ) -> tuple[list[torch.Tensor | None], list[tuple[torch.Tensor, torch.Tensor | None]]]:
     """One backward pass: (d score / d A per fusion attention, [(A, d score / d A)] per encoder layer,

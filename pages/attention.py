@@ -100,7 +100,7 @@ with left:
     choice = st.session_state[PATCH]
     patch = None if choice == ALL_PATCHES else divmod(patch_options.index(choice) - 1, grid)
     st.plotly_chart(figures.heatmap_figure(image, maps.text_to_image_map(layer_index, head_index), maps.grid,
-                                           signed=False, colorbar_title="attention weight", patch=patch,
+                                           signed=False, colorbar_title=MAP_SCALES["attention"].label, patch=patch,
                                            height=320),
                     key=PATCH_PICKER, on_select=_patch_clicked, selection_mode="points")
     st.caption("Click a patch of the picture to choose it; the blue box marks the chosen one.")

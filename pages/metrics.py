@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from clara import catalog
 from clara.evaluate.results import RunInProgress, read_run_in_progress
 from clara_app import charts, state, tables, widgets
 
@@ -30,8 +31,9 @@ def draw_curves(history: list[dict[str, Any]], synthetic: bool | None, key: str)
 
 
 def runs_in_progress() -> list[tuple[str, RunInProgress]]:
-    """(catalogue name, run) of every checkpoint folder that is the `last` checkpoint of a run still training."""
-    found = [(entry.name, read_run_in_progress(entry.path)) for entry in state.list_checkpoints()]
+    """(catalogue name, run) of every checkpoint folder that is the `last` checkpoint of a run still training
+    (the folders without their results' metrics: this runs at every refresh)."""
+    found = [(entry.name, read_run_in_progress(entry.path)) for entry in catalog.find_checkpoints(state.checkpoints_dir())]
     return [(name, run) for name, run in found if run is not None]
 
 

@@ -44,7 +44,7 @@ from clara.model.encoders import configured_encoder_width
 from clara.precision import autocast, cpu_precision_probe, resolve_training_precision
 from clara.train.benchmark_predict import (_predictor, _sync, measure_breakdown, measure_explain,
                                           measure_predict_paths, prediction_agreement, prediction_paths)
-from clara.train.data import build_image_cache, build_train_loader
+from clara.train.data import GPU_LOADER_WORKERS, build_image_cache, build_train_loader
 from clara.train.fast_paths import apply_fast_paths, build_optimizer
 from clara.train.losses import clara_loss, training_class_weights
 from clara.train.samplers import count_classes
@@ -80,7 +80,7 @@ def our_settings(device: str, hidden_size: int | None = None) -> TrainSettings:
     cpu_precision = "bf16" if resolve_training_precision("auto", "cpu", hidden_size)[0] == "bf16" else "fp32"
     return TrainSettings("ours", pad_to_max_length=False, gradient_checkpointing=False,
                          precision="bf16" if on_gpu else cpu_precision, image_cache=True, length_grouped=False,
-                         fast_paths=True, num_workers=4 if on_gpu else 0)
+                         fast_paths=True, num_workers=GPU_LOADER_WORKERS if on_gpu else 0)
 
 
 @dataclass

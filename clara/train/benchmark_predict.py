@@ -33,18 +33,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def measure_predict(predictor: Any, image_paths: Sequence[Path], texts: Sequence[str], runs: int,
-                    batch_size: int) -> dict[str, float]:
-    """Latency of one image (a path: decoding and preprocessing included) + text, p50/p95 over `runs`
-    calls after one warm-up, and samples/s for `batch_size` posts per call."""
-    return measure_predict_paths({"one": predictor}, image_paths, texts, runs, batch_size)["one"]
-
-
 def measure_predict_paths(predictors: dict[str, Any], image_paths: Sequence[Path], texts: Sequence[str], runs: int,
                           batch_size: int) -> dict[str, dict[str, float]]:
-    """`measure_predict` for several predictors INTERLEAVED: each round times one call of every
-    predictor in turn (the order reversed every other round), so load from other processes hits all
-    alike and their ratios are the robust numbers."""
+    """Single-post latency (an image path: decoding and preprocessing included, + a text), p50/p95
+    over `runs` calls after one warm-up, and samples/s for `batch_size` posts per call, for several
+    predictors INTERLEAVED: each round times one call of every predictor in turn (the order reversed
+    every other round), so load from other processes hits all alike and their ratios are the robust
+    numbers."""
     for predictor in predictors.values():
         predictor.predict([image_paths[0]], [texts[0]])  # warm-up
     latencies: dict[str, list[float]] = {name: [] for name in predictors}

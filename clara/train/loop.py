@@ -224,7 +224,6 @@ def _train(cfg: Config, progress: bool, resume: bool) -> TrainResult:
 def _train_run(cfg: Config, accelerator: Accelerator, progress: bool, resume: bool,
                precision_reason: str) -> TrainResult:
     """_train() once the Accelerator is made (at the precision `precision_reason` explains)."""
-    tcfg = cfg.train
     is_main = accelerator.is_main_process
     log = accelerator.print
     paths = run_paths(cfg)

@@ -5,7 +5,7 @@ A fresh `python scripts/x.py` spends 5 s (30 s on a loaded 2-core machine) impor
 transformers before it does anything; tests that start many such processes pay it each time.
 Each `run` here is still its own process, with its own stdin, stdout, stderr, working folder,
 address-space limit and exit status, but forked from that warm process. What the preload itself
-writes to stderr is kept (`preload_messages`), so that import-time noise is still seen.
+writes to stderr is kept (`preload_stderr`), so that import-time noise is still seen.
 """
 from __future__ import annotations
 

@@ -70,6 +70,16 @@ def start_training(args: list[str], launcher: list[str] | None = None) -> subpro
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
+def signal_all(processes: list, signal_to_send: int) -> None:
+    """Send `signal_to_send` to each of `processes` (psutil.Process) that still exists."""
+    import psutil  # an Accelerate dependency
+    for victim in processes:
+        try:
+            victim.send_signal(signal_to_send)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def kill_after_first_epoch(process: subprocess.Popen, out: Path, found: dict) -> None:
     """SIGKILL `process` and its descendants (torchrun's workers run in their own sessions) as soon
     as its `last` checkpoint holds epoch 1, i.e. inside epoch 2.
@@ -82,14 +92,9 @@ def kill_after_first_epoch(process: subprocess.Popen, out: Path, found: dict) ->
     while time.monotonic() < deadline and process.poll() is None:
         if epochs_done(out) >= 1:
             victims = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-            for signal_to_send in (signal.SIGSTOP, signal.SIGKILL):
-                for victim in victims:
-                    try:
-                        victim.send_signal(signal_to_send)
-                    except psutil.NoSuchProcess:
-                        pass
-                if signal_to_send == signal.SIGSTOP:
-                    found["epochs_done_at_kill"] = epochs_done(out)
+            signal_all(victims, signal.SIGSTOP)
+            found["epochs_done_at_kill"] = epochs_done(out)
+            signal_all(victims, signal.SIGKILL)
             return
         time.sleep(0.01)
 

@@ -15,7 +15,7 @@ import yaml
 from clara.config import REPORT_TO, ConfigError, get_preset
 from clara.data.synthetic import write_synthetic
 from clara.evaluate.results import read_run_in_progress
-from test_train import REPO, load_train_script
+from test_train import REPO, load_train_script, run_main_expecting_exit
 from _eval_utils import one_thread  # noqa: F401 (a fixture)
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
@@ -47,12 +47,9 @@ def event_files(folder) -> list:
 
 
 def exit_with_one_line(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stopped:
-        load_train_script().main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), captured.err
-    return stopped.value.code, lines[0], captured.out
+    status, lines, out = run_main_expecting_exit(argv, capsys)
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), lines
+    return status, lines[0], out
 
 
 def test_tensorboard_gets_loss_and_lr_per_step_and_validation_metrics_per_epoch(data_dir, tmp_path, capsys):

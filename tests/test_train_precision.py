@@ -4,9 +4,6 @@ tiny training step's loss by no more than bf16 rounding. No timings are asserted
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +14,8 @@ from clara.config import get_preset
 from clara.data.synthetic import write_synthetic
 from clara.model.encoders import configured_encoder_width
 from clara.train.benchmark import BenchmarkOptions, TrainRunner, base_config, load_benchmark_data, our_settings
+from test_train import run_script
 
-REPO = Path(__file__).resolve().parents[1]
 # bf16 keeps 8 bits of mantissa (relative rounding 2^-9 per op): the tiny steps below moved the
 # loss (~1.5) by 2e-5 - 1.3e-3 in bf16 (0.1 %); 1 % leaves room and still catches a wrong cast
 # (fp16 overflow, a head left in bf16 by the loss, a lost gradient), which moves it by far more.
@@ -87,16 +84,12 @@ def test_bf16_training_steps_match_fp32_losses(tiny_data, tmp_path):
     assert bf16_losses != fp32_losses  # bf16 did run (an exact match would mean no autocast)
 
 
-def test_the_training_log_says_which_precision_and_why(tiny_data, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    env.pop(precision.PRECISION_ENV, None)
+def test_the_training_log_says_which_precision_and_why(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv(precision.PRECISION_ENV, raising=False)
     settings = {"model.encoders": "tiny", "model.hidden_dim": "64", "model.fusion_heads": "4", "train.epochs": "1",
                 "train.max_steps_per_epoch": "1", "train.batch_size": "8", "data.check_images": "false",
                 "train.calibrate": "false"}
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--dataset", "mvsa_single",
-                           "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"),
-                           *[arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    done = run_script("--dataset", "mvsa_single", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"),
+                      *[arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")], timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "mixed precision no (auto: encoders 64 wide: too narrow for bf16 to pay" in done.stdout + done.stderr
